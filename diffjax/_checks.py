@@ -1,0 +1,56 @@
+"""Argument checks run at the API boundary, before anything is traced.
+
+Each raises a ``ValueError`` that names the argument, the value it got and what is allowed.
+"""
+
+import math
+from collections.abc import Collection
+
+import jax
+import numpy as np
+
+
+def is_concrete(*values) -> bool:
+    """True when no value is a tracer, so it can be inspected on the host."""
+    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
+
+
+def finite(name: str, value) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def positive(name: str, value) -> float:
+    value = finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+def in_range(name: str, value, low: float, high: float) -> float:
+    value = finite(name, value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+    return value
+
+
+def less(name_low: str, low: float, name_high: str, high: float) -> None:
+    if not low < high:
+        raise ValueError(f"{name_low} must be < {name_high}, got {name_low}={low!r}, {name_high}={high!r}")
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def one_of(name: str, value, allowed: Collection) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def typed_key(name: str, key) -> None:
+    if not (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise ValueError(f"{name} must be a typed PRNG key from jax.random.key(seed), got {key!r}")

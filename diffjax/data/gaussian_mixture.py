@@ -1,0 +1,186 @@
+r"""An exact oracle: a Gaussian mixture with diagonal covariances, diffused in closed form.
+
+p_0 = sum_k w_k N(m_k, diag(s_k^2)). Under x_t = alpha x_0 + sigma eps every component stays
+Gaussian, N(alpha m_k, diag(alpha^2 s_k^2 + sigma^2)), so for any schedule and time we have the
+exact log-density, score, component posteriors, denoiser E[x_0 | x_t], samples of p_t, the
+exact reverse kernel p(x_s | x_t) (a DDPM sampler with zero discretisation error) and, through
+diffrax, the probability-flow ODE solved to tolerance 1e-10.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.denoiser import Denoiser, broadcast_to_x
+from diffjax.schedules import Schedule
+from diffjax.solvers.base import Solver, State, StepInfo, single_step_init
+
+
+def _coefficients(schedule, t, x):
+    return broadcast_to_x(schedule.alpha(t), x[..., 0]), broadcast_to_x(schedule.sigma(t), x[..., 0])
+
+
+@jax.tree_util.register_pytree_node_class
+class GaussianMixture:
+    """Mixture of diagonal Gaussians: weights (K,), means (K, d), scales (K, d) per-dimension std."""
+
+    def __init__(self, weights, means, scales):
+        weights, means, scales = (np.asarray(a, dtype=np.float64) for a in (weights, means, scales))
+        if weights.ndim != 1 or weights.size < 1 or not np.all(weights > 0):
+            raise ValueError(f"weights must be a 1-D array of positive numbers, got {weights!r}")
+        if means.ndim != 2 or means.shape[0] != weights.size:
+            raise ValueError(f"means must have shape (K, d) = ({weights.size}, d), got shape {means.shape}")
+        if scales.shape != means.shape or not np.all(scales > 0):
+            raise ValueError(f"scales must be positive with the shape of means {means.shape}, got {scales!r}")
+        self.weights = jnp.asarray(weights / weights.sum())
+        self.means = jnp.asarray(means)
+        self.scales = jnp.asarray(scales)
+
+    def tree_flatten(self):
+        return (self.weights, self.means, self.scales), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.weights, obj.means, obj.scales = children
+        return obj
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    # --- densities at time t, given alpha and sigma (shapes (B,) or ()) ---------------------
+
+    def _component_log_probs(self, x, alpha, sigma):
+        """log w_k + log N(x; alpha m_k, alpha^2 s_k^2 + sigma^2), shape (B, K)."""
+        var = alpha[..., None, None] ** 2 * self.scales**2 + sigma[..., None, None] ** 2
+        diff = x[..., None, :] - alpha[..., None, None] * self.means
+        log_normal = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
+        return jnp.log(self.weights) + log_normal
+
+    def _x0_means(self, x, alpha, sigma):
+        """E[x_0 | x_t, k] = m_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x - alpha m_k), (B, K, d)."""
+        a, s = alpha[..., None, None], sigma[..., None, None]
+        gain = a * self.scales**2 / (a**2 * self.scales**2 + s**2)
+        return self.means + gain * (x[..., None, :] - a * self.means)
+
+    def log_prob(self, x, schedule: Schedule | None = None, t=0.0):
+        """log p_t(x) of the diffused mixture (the data density p_0 without a schedule)."""
+        alpha, sigma = _coefficients(schedule, t, x) if schedule is not None else (jnp.ones(()), jnp.zeros(()))
+        return jax.nn.logsumexp(self._component_log_probs(x, alpha, sigma), axis=-1)
+
+    def posterior(self, x, schedule: Schedule, t):
+        """Component responsibilities p(k | x_t), shape (B, K)."""
+        return jax.nn.softmax(self._component_log_probs(x, *_coefficients(schedule, t, x)), axis=-1)
+
+    def x0_mean(self, x, schedule: Schedule, t):
+        """The exact denoiser E[x_0 | x_t = x]."""
+        alpha, sigma = _coefficients(schedule, t, x)
+        r = jax.nn.softmax(self._component_log_probs(x, alpha, sigma), axis=-1)
+        return jnp.einsum("...k,...kd->...d", r, self._x0_means(x, alpha, sigma))
+
+    def score(self, x, schedule: Schedule, t):
+        """grad_x log p_t(x) = (alpha E[x_0|x] - x) / sigma^2, per component, mixed by p(k|x)."""
+        alpha, sigma = _coefficients(schedule, t, x)
+        a, s = alpha[..., None, None], sigma[..., None, None]
+        r = jax.nn.softmax(self._component_log_probs(x, alpha, sigma), axis=-1)
+        var = a**2 * self.scales**2 + s**2
+        return jnp.einsum("...k,...kd->...d", r, (a * self.means - x[..., None, :]) / var)
+
+    # --- samples ---------------------------------------------------------------------------------
+
+    def sample(self, key, n: int, schedule: Schedule | None = None, t=0.0):
+        """n exact samples of p_t (of p_0 without a schedule), shape (n, d)."""
+        k_comp, k_x0, k_eps = jax.random.split(key, 3)
+        comp = jax.random.categorical(k_comp, jnp.log(self.weights), shape=(n,))
+        x0 = self.means[comp] + self.scales[comp] * jax.random.normal(k_x0, (n, self.dim), self.means.dtype)
+        if schedule is None:
+            return x0
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        return schedule.alpha(t) * x0 + schedule.sigma(t) * eps
+
+    def reverse_sample(self, key, x, schedule: Schedule, t, t_next):
+        """One exact draw of x_{t_next} ~ p(x_{t_next} | x_t = x) for t_next < t.
+
+        Per component, (x_s, x_t) is jointly Gaussian with x_t = a x_s + noise, a = alpha_t/alpha_s,
+        noise variance sigma_t^2 (1 - SNR_t/SNR_s); condition on x_t, then mix by p(k | x_t).
+        """
+        a_t, s_t = _coefficients(schedule, t, x)
+        a_s, s_s = _coefficients(schedule, t_next, x)
+        gap = -jnp.expm1(schedule.logsnr(t) - schedule.logsnr(t_next))  # 1 - SNR_t / SNR_s
+        a = (a_t / a_s)[..., None, None]
+        var_s = a_s[..., None, None] ** 2 * self.scales**2 + s_s[..., None, None] ** 2
+        var_t = a_t[..., None, None] ** 2 * self.scales**2 + s_t[..., None, None] ** 2
+        residual = x[..., None, :] - a_t[..., None, None] * self.means
+        mean = a_s[..., None, None] * self.means + a * var_s * residual / var_t
+        var = jnp.broadcast_to(var_s * (s_t**2 * gap)[..., None, None] / var_t, mean.shape)
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.categorical(k_comp, self._component_log_probs(x, a_t, s_t), axis=-1)
+        take = lambda arr: jnp.take_along_axis(arr, comp[..., None, None], axis=-2)[..., 0, :]
+        noise = jax.random.normal(k_noise, x.shape, x.dtype)
+        return take(mean) + jnp.sqrt(take(var)) * noise
+
+    # --- as a model ------------------------------------------------------------------------------
+
+    def denoiser(self, schedule: Schedule) -> Denoiser:
+        """The exact denoiser as a `Denoiser` (predicts x0, fed diffjax time)."""
+        return Denoiser(_oracle_apply, (self, schedule), schedule=schedule, prediction="x0", time_fn=_identity)
+
+    def exact_solver(self, schedule: Schedule) -> Solver:
+        """A `Solver` that takes exact reverse-kernel steps (ancestral sampling with zero error).
+
+        It ignores the denoiser it is given and spends no network evaluations."""
+
+        def step(state, key, t, t_next, denoise):
+            del denoise
+            x_next = self.reverse_sample(key, state.x, schedule, t, t_next).astype(state.x.dtype)
+            return State(x_next), StepInfo(jnp.int32(0), self.x0_mean(state.x, schedule, t).astype(state.x.dtype))
+
+        return Solver(single_step_init, step)
+
+    def pf_ode(self, x, schedule: Schedule, t, t_next, *, rtol: float = 1e-10, atol: float = 1e-10):
+        """Solve the probability-flow ODE from time t to t_next with diffrax (Dopri8, PID control).
+
+        In EDM's variables x_bar = x/alpha, s = sigma/alpha the ODE is dx_bar/ds = eps_hat(x_bar, s)
+        for every schedule; eps_hat = sum_k p(k|x) s (x_bar - m_k)/(s_k^2 + s^2) has no 1/s.
+        """
+        alpha, alpha_next = schedule.alpha(t), schedule.alpha(t_next)
+        s0, s1 = schedule.sigma(t) / alpha, schedule.sigma(t_next) / alpha_next
+
+        def eps_hat(s, x_bar, args):
+            s_ = jnp.broadcast_to(s, x_bar.shape[:-1])
+            r = jax.nn.softmax(self._component_log_probs(x_bar, jnp.ones_like(s_), s_), axis=-1)
+            per_comp = s * (x_bar[..., None, :] - self.means) / (self.scales**2 + s**2)
+            return jnp.einsum("...k,...kd->...d", r, per_comp)
+
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(eps_hat),
+            diffrax.Dopri8(),
+            t0=s0,
+            t1=s1,
+            dt0=None,
+            y0=x / alpha,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=100_000,
+        )
+        return alpha_next * solution.ys[-1]
+
+
+def _oracle_apply(params, x, t, cond):
+    del cond
+    mixture, schedule = params
+    return mixture.x0_mean(x, schedule, t)
+
+
+def _identity(t):
+    return t
+
+
+def ring(num_modes: int = 8, radius: float = 2.0, scale: float = 0.05) -> GaussianMixture:
+    """Equal-weight 2-D Gaussians on a circle: the standard multimodal test of samplers."""
+    angles = 2 * np.pi * np.arange(num_modes) / num_modes
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    return GaussianMixture(np.ones(num_modes), means, np.full_like(means, scale))
