@@ -26,28 +26,38 @@ class SampleInfo(NamedTuple):
 
 
 def scan_steps(solver: Solver, state, keys, timesteps, denoise, *, return_trajectory: bool = False):
-    """Apply `solver.step` over consecutive grid pairs (and `final_step` on the last one).
+    """Apply the solver over consecutive grid pairs: its `head` steps, one scan of `step`, its `tail`.
 
     Returns the final state, the NFE per step (n,), and, if asked, the stacked states and x0s.
     """
+    n, n_head, n_tail = keys.shape[0], len(solver.head), len(solver.tail)
+    nfes, saved = [], []
+
+    def unrolled(state, step_fn, i):
+        state, info = step_fn(state, keys[i], timesteps[i], timesteps[i + 1], denoise)
+        nfes.append(info.nfe[None])
+        saved.append((state.x[None], info.x0[None]))
+        return state
 
     def body(state, xs):
         key, t, t_next = xs
         state, info = solver.step(state, key, t, t_next, denoise)
-        saved = (state.x, info.x0) if return_trajectory else None
-        return state, (info.nfe, saved)
+        return state, (info.nfe, (state.x, info.x0) if return_trajectory else None)
 
-    xs = (keys, timesteps[:-1], timesteps[1:])
-    if solver.final_step is None:
-        state, (nfe, saved) = jax.lax.scan(body, state, xs)
-    else:
-        head = jax.tree.map(lambda a: a[:-1], xs)
-        state, (nfe, saved) = jax.lax.scan(body, state, head)
-        state, info = solver.final_step(state, keys[-1], timesteps[-2], timesteps[-1], denoise)
-        nfe = jnp.append(nfe, info.nfe)
-        if return_trajectory:
-            saved = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), saved, (state.x, info.x0))
-    return state, nfe, saved
+    for i, step_fn in enumerate(solver.head):
+        state = unrolled(state, step_fn, i)
+    middle = slice(n_head, n - n_tail)
+    state, (nfe, middle_saved) = jax.lax.scan(
+        body, state, (keys[middle], timesteps[:-1][middle], timesteps[1:][middle])
+    )
+    nfes.append(nfe)
+    saved.append(middle_saved)
+    for i, step_fn in enumerate(solver.tail):
+        state = unrolled(state, step_fn, n - n_tail + i)
+    trajectory = None
+    if return_trajectory:
+        trajectory = jax.tree.map(lambda *parts: jnp.concatenate(parts), *saved)
+    return state, jnp.concatenate(nfes), trajectory
 
 
 @functools.partial(jax.jit, static_argnames=("solver", "return_trajectory"))
@@ -92,6 +102,12 @@ def sample(
     if not callable(denoiser) or not isinstance(getattr(denoiser, "schedule", None), Schedule):
         raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
     check_grid(timesteps)
+    n_special = len(solver.head) + len(solver.tail)
+    if jnp.shape(timesteps)[0] - 1 < n_special:
+        raise ValueError(
+            f"timesteps has {jnp.shape(timesteps)[0] - 1} steps but this solver needs at least {n_special} "
+            f"({len(solver.head)} warm-up and {len(solver.tail)} final steps)"
+        )
     _checks.typed_key("key", key)
     if jnp.ndim(x_T) < 1:
         raise ValueError(f"x_T must have a batch axis, shape (B, *event), got shape {jnp.shape(x_T)}")

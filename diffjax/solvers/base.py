@@ -6,14 +6,17 @@
 `denoise(x, t) -> Prediction` is a `Denoiser` (or anything with that call and a `.schedule`).
 `step` is pure: every stochastic step draws its noise from `key` only. States are fixed-shape
 pytrees with the current sample in `state.x`, so a whole sampler is one `lax.scan`.
-`final_step`, when a solver has one, replaces `step` on the last interval of the grid (EDM's
-Heun ends with an Euler step, so it never evaluates the network at sigma = 0).
+Steps that cost a different number of network evaluations cannot share one `lax.scan` without
+branching, so a solver may name them statically: `head` steps replace `step` on the first
+intervals of the grid (F-PNDM's Runge-Kutta warm-up), `tail` steps on the last ones (EDM's Heun
+ends with an Euler step, DPM-Solver-fast with orders 2, 1). The middle is one scan.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class StepInfo(NamedTuple):
@@ -30,9 +33,15 @@ class State(NamedTuple):
 class Solver(NamedTuple):
     init: Callable
     step: Callable
-    final_step: Callable | None = None
+    head: tuple[Callable, ...] = ()
+    tail: tuple[Callable, ...] = ()
 
 
 def single_step_init(x, timesteps):
     del timesteps
     return State(x)
+
+
+def push(history, value):
+    """Newest-first fixed-size history: drop the oldest entry and put `value` at index 0."""
+    return jnp.concatenate([value[None].astype(history.dtype), history[:-1]], axis=0)
