@@ -329,7 +329,7 @@ class Discrete(Schedule):
 
     def t_from_logsnr(self, logsnr):
         target = jnp.exp(-0.5 * logsnr)
-        k = jnp.clip(jnp.searchsorted(self.sigma_knots, target), 1, self.num_train_timesteps)
+        k = jnp.clip(jnp.searchsorted(self.sigma_knots, target, method="compare_all"), 1, self.num_train_timesteps)
         low, high = self.sigma_knots[k - 1], self.sigma_knots[k]
         return (k - 1 + (target - low) / (high - low)) / self.num_train_timesteps
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
+from diffjax.solvers.base import noise_like
 from helpers import mixture
 
 GRIDS = {
@@ -56,7 +57,7 @@ def _reference_ddim(gmm, sched, ts, key, x, eta):
         x0 = gmm.x0_mean(x, sched, ts[i])
         eps = (x - np.sqrt(abar) * x0) / np.sqrt(1 - abar)
         c = eta * np.sqrt((1 - abar_next) / (1 - abar) * (1 - abar / abar_next))
-        z = jax.random.normal(keys[i], x.shape, x.dtype)
+        z = noise_like(keys[i], x)
         x = np.sqrt(abar_next) * x0 + np.sqrt(1 - abar_next - c**2) * eps + c * z
     return x
 

@@ -1,9 +1,57 @@
 """Samplers as pure `Solver(init, step)` pairs; any solver works with any schedule and method."""
 
-from diffjax.solvers.base import Solver, State, StepInfo
+from diffjax.solvers.ancestral import ddpm, euler_ancestral
+from diffjax.solvers.base import Solver, State, StepInfo, denoise_to_zero
 from diffjax.solvers.ddim import ddim
+from diffjax.solvers.dpm_solver import (
+    dpm_multistep,
+    dpm_solver,
+    dpm_solver_fast,
+    dpmpp_2m,
+    dpmpp_2m_sde,
+    dpmpp_2s,
+    dpmpp_3m,
+    fast_orders,
+)
 from diffjax.solvers.euler import euler
+from diffjax.solvers.heun import heun
+from diffjax.solvers.sde import euler_maruyama, predictor_corrector
 
-REGISTRY = {"ddim": ddim, "euler": euler}
+REGISTRY = {
+    "ddim": ddim,
+    "ddpm": ddpm,
+    "euler": euler,
+    "euler_ancestral": euler_ancestral,
+    "heun": heun,
+    "dpm_solver": dpm_solver,
+    "dpm_multistep": dpm_multistep,
+    "dpmpp_2s": dpmpp_2s,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "euler_maruyama": euler_maruyama,
+    "predictor_corrector": predictor_corrector,
+}
 
-__all__ = ["REGISTRY", "Solver", "State", "StepInfo", "ddim", "euler"]
+__all__ = [
+    "REGISTRY",
+    "Solver",
+    "State",
+    "StepInfo",
+    "ddim",
+    "ddpm",
+    "denoise_to_zero",
+    "dpm_multistep",
+    "dpm_solver",
+    "dpm_solver_fast",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_2s",
+    "dpmpp_3m",
+    "euler",
+    "euler_ancestral",
+    "euler_maruyama",
+    "fast_orders",
+    "heun",
+    "predictor_corrector",
+]

@@ -4,7 +4,7 @@
     state, info = solver.step(state, key, t, t_next, denoise)
 
 `denoise(x, t) -> Prediction` is a `Denoiser` (or anything with that call and a `.schedule`).
-`step` is pure: every stochastic step draws its noise from `key` only. States are fixed-shape
+`step` is pure: every stochastic step draws its noise from `key` only, as `noise_like(key, x)`. States are fixed-shape
 pytrees with the current sample in `state.x`, so a whole sampler is one `lax.scan`.
 Steps that cost a different number of network evaluations cannot share one `lax.scan` without
 branching, so a solver may name them statically: `head` steps replace `step` on the first
@@ -37,6 +37,12 @@ class Solver(NamedTuple):
     tail: tuple[Callable, ...] = ()
 
 
+def noise_like(key, x):
+    """N(0, I) noise shaped like x, drawn in float32 and cast: the same key gives the same noise
+    in float32, float64 and bfloat16 runs."""
+    return jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype)
+
+
 def single_step_init(x, timesteps):
     del timesteps
     return State(x)
@@ -45,3 +51,17 @@ def single_step_init(x, timesteps):
 def push(history, value):
     """Newest-first fixed-size history: drop the oldest entry and put `value` at index 0."""
     return jnp.concatenate([value[None].astype(history.dtype), history[:-1]], axis=0)
+
+
+def denoise_to_zero(solver: Solver) -> Solver:
+    """`solver` followed by one more evaluation at the grid's last time, returning its data
+    prediction x0 (DDPM's and score_sde's last denoising step; DPM-Solver's `denoise_to_zero`).
+    It costs one NFE and no extra grid point."""
+
+    def last(state, key, t, t_next, denoise):
+        state, info = (solver.tail[-1] if solver.tail else solver.step)(state, key, t, t_next, denoise)
+        x0 = denoise(state.x, t_next).x0
+        return state._replace(x=x0.astype(state.x.dtype)), StepInfo(info.nfe + 1, info.x0)
+
+    tail = solver.tail[:-1] if solver.tail else ()
+    return solver._replace(tail=tail + (last,))

@@ -7,11 +7,10 @@ eta = 0 is the deterministic sampler (the exponential-integrator / Euler step of
 flow ODE); eta = 1 draws from the DDPM posterior q(x_t' | x_t, x0) with variance beta-tilde.
 """
 
-import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, State, StepInfo, single_step_init
+from diffjax.solvers.base import Solver, State, StepInfo, noise_like, single_step_init
 
 
 def ddim(eta: float = 0.0) -> Solver:
@@ -26,7 +25,7 @@ def ddim(eta: float = 0.0) -> Solver:
         gap = -jnp.expm1(sched.logsnr(t) - sched.logsnr(t_next))
         x_next = alpha_next * pred.x0 + sigma_next * jnp.sqrt(1.0 - eta**2 * gap) * pred.eps
         if eta > 0:
-            noise = jax.random.normal(key, x.shape, x.dtype)
+            noise = noise_like(key, x)
             x_next = x_next + eta * sigma_next * jnp.sqrt(gap) * noise
         return State(x_next.astype(x.dtype)), StepInfo(jnp.int32(1), pred.x0)
 
