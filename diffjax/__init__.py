@@ -1,6 +1,6 @@
 """diffjax: compiled samplers, guidance and inference-time steering for diffusion and flow models."""
 
-from diffjax import data, predictions, schedules, solvers, specs, timesteps
+from diffjax import data, metrics, predictions, schedules, solvers, specs, timesteps
 from diffjax.denoiser import Denoiser, Prediction
 from diffjax.sampling import SampleInfo, prior_sample, sample
 from diffjax.solvers import Solver
@@ -13,6 +13,7 @@ __all__ = [
     "SampleInfo",
     "Solver",
     "data",
+    "metrics",
     "predictions",
     "prior_sample",
     "sample",

@@ -43,25 +43,6 @@ def _blobs():
     return dj.data.GaussianMixture([0.2, 0.5, 0.3], means, scales)
 
 
-def mixture_scores(gmm, x, sched, t):
-    """Scores against the exact marginal p_t at the grid's last time t: mean exact log p_t, total
-    variation of the mode weights, worst relative error of a within-mode standard deviation."""
-    comp = np.asarray(jnp.argmax(gmm.posterior(x, sched, t), axis=-1))
-    x = np.asarray(x)
-    weights = np.bincount(comp, minlength=len(gmm.weights)) / len(comp)
-    mode_std = np.sqrt(float(sched.alpha(t)) ** 2 * np.asarray(gmm.scales) ** 2 + float(sched.sigma(t)) ** 2)
-    std_err = max(
-        float(np.max(np.abs(x[comp == k].std(0) / mode_std[k] - 1.0)))
-        for k in range(len(gmm.weights))
-        if np.sum(comp == k) > 1
-    )
-    return {
-        "mean_log_p": float(jnp.mean(gmm.log_prob(x, sched, t))),
-        "mode_tv": float(0.5 * np.abs(weights - np.asarray(gmm.weights)).sum()),
-        "std_rel_err": std_err,
-    }
-
-
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -86,7 +67,7 @@ def main(argv):
                 "steps": n,
                 "nfe": 0,
                 "pf_ode_rmse": None,
-                **mixture_scores(gmm, exact, sched, ts[-1]),
+                **dj.metrics.mixture_scores(gmm, exact, sched, ts[-1]),
                 "seconds": None,
             }
         )
@@ -106,13 +87,13 @@ def main(argv):
                     "steps": n,
                     "nfe": int(info.nfe),
                     "pf_ode_rmse": rmse,
-                    **mixture_scores(gmm, x, sched, ts[-1]),
+                    **dj.metrics.mixture_scores(gmm, x, sched, ts[-1]),
                     "seconds": seconds,
                 }
             )
 
     t_end = grid(sched, steps[0])[-1]
-    truth = mixture_scores(gmm, gmm.sample(key_exact, 200_000, sched, t_end), sched, t_end)
+    truth = dj.metrics.mixture_scores(gmm, gmm.sample(key_exact, 200_000, sched, t_end), sched, t_end)
     print(
         f"\n{config.data} mixture, schedule {config.schedule}, grid {config.grid}, {config.num_samples} samples;"
         f" scored against the exact p_t at the grid's end t = {float(t_end):g},"
