@@ -1,7 +1,7 @@
 """Discrete-time models reproduce diffusers exactly: same betas, steps, spacing and starting noise
 give the same final samples (relative difference <= 1e-5).
 
-The golden samples in tests/golden/diffusers.npz come from diffusers 0.36 driving each scheduler
+The golden samples in tests/golden/diffusers.npz come from diffusers 0.42.1 driving each scheduler
 with the exact noise prediction of `helpers.mixture()` (tests/golden/make_diffusers.py). Euler and
 Heun work on x/alpha ("VE" variables, diffusers' `scale_model_input`); diffjax states are x.
 """
@@ -26,6 +26,7 @@ CASES = {
     "dpmpp_2m_short": (S.dpmpp_2m(), dict(spacing="linspace", family="dpmsolver"), False),
     "dpmpp_3m": (S.dpmpp_3m("faithful"), dict(spacing="linspace", family="dpmsolver"), False),
     "dpmpp_3m_short": (S.dpmpp_3m("faithful"), dict(spacing="linspace", family="dpmsolver"), False),
+    "plms": (S.plms(), dict(spacing="leading", steps_offset=1, family="ddim", final="sigma_min"), False),
     "euler": (S.euler(), dict(spacing="linspace", family="euler"), True),
     "heun": (S.heun(), dict(spacing="linspace", family="euler"), True),
 }

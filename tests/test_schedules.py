@@ -63,7 +63,7 @@ def test_discrete_schedule_reproduces_diffusers_alphas_cumprod_at_the_knots():
     np.testing.assert_allclose(sched.sigma(ts) ** 2, 1 - abar, rtol=1e-12)
     np.testing.assert_allclose(sched.model_time(ts), i, atol=1e-9)
     assert float(sched.sigma(0.0)) == 0.0 and float(sched.alpha(0.0)) == 1.0
-    # Values printed by diffusers 0.36 (float32): alphas_cumprod of Stable Diffusion's scaled_linear
+    # Values printed by diffusers 0.42.1 (float32): alphas_cumprod of Stable Diffusion's scaled_linear
     # and of squaredcos_cap_v2.
     sd = dj.schedules.discrete(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     np.testing.assert_allclose(
@@ -80,7 +80,7 @@ def test_discrete_schedule_reproduces_diffusers_alphas_cumprod_at_the_knots():
 
 
 def test_discrete_interpolates_sigma_like_diffusers_euler():
-    # EulerDiscreteScheduler(timestep_spacing="linspace").set_timesteps(7) in diffusers 0.36:
+    # EulerDiscreteScheduler(timestep_spacing="linspace").set_timesteps(7) in diffusers 0.42.1:
     # fractional timesteps and the sigmas it interpolates for them.
     sched = dj.schedules.discrete()
     timesteps = np.array([999.0, 832.5, 666.0, 499.5, 333.0, 166.5, 0.0])

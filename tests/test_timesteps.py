@@ -33,7 +33,7 @@ def test_karras_grid_is_edms_eq5():
     assert ts.shape == (n + 1,) and np.isclose(ts[-1], smin)
 
 
-# (family, spacing, steps_offset, n): the timesteps diffusers 0.36 prints for set_timesteps(n).
+# (family, spacing, steps_offset, n): the timesteps diffusers 0.42.1 prints for set_timesteps(n).
 DIFFUSERS = [
     ("ddim", "leading", 1, 10, [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]),
     ("ddim", "trailing", 0, 10, [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]),

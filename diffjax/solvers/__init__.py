@@ -15,7 +15,9 @@ from diffjax.solvers.dpm_solver import (
 )
 from diffjax.solvers.euler import euler
 from diffjax.solvers.heun import heun
+from diffjax.solvers.pndm import plms, pndm
 from diffjax.solvers.sde import euler_maruyama, predictor_corrector
+from diffjax.solvers.time_shift import time_shift
 
 REGISTRY = {
     "ddim": ddim,
@@ -31,6 +33,8 @@ REGISTRY = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "euler_maruyama": euler_maruyama,
     "predictor_corrector": predictor_corrector,
+    "pndm": pndm,
+    "plms": plms,
 }
 
 __all__ = [
@@ -53,5 +57,8 @@ __all__ = [
     "euler_maruyama",
     "fast_orders",
     "heun",
+    "plms",
+    "pndm",
     "predictor_corrector",
+    "time_shift",
 ]

@@ -3,7 +3,7 @@
 Not part of the test suite (CI has no PyTorch or diffusers). Run it by hand where both are
 installed, with diffjax importable:
 
-    python tests/golden/make_diffusers.py          # diffusers 0.36, torch 2.13, CPU
+    python tests/golden/make_diffusers.py          # diffusers 0.42.1, torch 2.13, CPU
 
 Every case drives one diffusers scheduler with the same model diffjax's test uses: the exact
 eps-prediction of a 3-component Gaussian mixture (`tests/helpers.py`) on the scheduler's own
