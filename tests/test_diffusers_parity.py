@@ -27,10 +27,13 @@ CASES = {
     "dpmpp_3m": (S.dpmpp_3m("faithful"), dict(spacing="linspace", family="dpmsolver"), False),
     "dpmpp_3m_short": (S.dpmpp_3m("faithful"), dict(spacing="linspace", family="dpmsolver"), False),
     "plms": (S.plms(), dict(spacing="leading", steps_offset=1, family="ddim", final="sigma_min"), False),
+    "unipc_bh2": (S.unipc(variant="bh2"), dict(spacing="linspace", family="dpmsolver"), False),
+    "unipc_bh2_short": (S.unipc(variant="bh2"), dict(spacing="linspace", family="dpmsolver"), False),
+    "deis": (S.deis(order=3), dict(spacing="linspace", family="dpmsolver", final="sigma_min"), False),
     "euler": (S.euler(), dict(spacing="linspace", family="euler"), True),
     "heun": (S.heun(), dict(spacing="linspace", family="euler"), True),
 }
-STEPS = {"ddim_leading": 20, "ddim_trailing": 10, "dpmpp_2m_short": 8, "dpmpp_3m_short": 10}
+STEPS = {"ddim_trailing": 10, "dpmpp_2m_short": 8, "dpmpp_3m_short": 10, "unipc_bh2_short": 8}
 
 
 @pytest.mark.parametrize("case", CASES)

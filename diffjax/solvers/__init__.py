@@ -3,6 +3,7 @@
 from diffjax.solvers.ancestral import ddpm, euler_ancestral
 from diffjax.solvers.base import Solver, State, StepInfo, denoise_to_zero
 from diffjax.solvers.ddim import ddim
+from diffjax.solvers.deis import deis
 from diffjax.solvers.dpm_solver import (
     dpm_multistep,
     dpm_solver,
@@ -18,6 +19,7 @@ from diffjax.solvers.heun import heun
 from diffjax.solvers.pndm import plms, pndm
 from diffjax.solvers.sde import euler_maruyama, predictor_corrector
 from diffjax.solvers.time_shift import time_shift
+from diffjax.solvers.unipc import unipc
 
 REGISTRY = {
     "ddim": ddim,
@@ -35,6 +37,8 @@ REGISTRY = {
     "predictor_corrector": predictor_corrector,
     "pndm": pndm,
     "plms": plms,
+    "unipc": unipc,
+    "deis": deis,
 }
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "StepInfo",
     "ddim",
     "ddpm",
+    "deis",
     "denoise_to_zero",
     "dpm_multistep",
     "dpm_solver",
@@ -61,4 +66,5 @@ __all__ = [
     "pndm",
     "predictor_corrector",
     "time_shift",
+    "unipc",
 ]

@@ -1,0 +1,90 @@
+"""DEIS multistep, "tAB" in log rho (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
+Exponential Integrator"), as diffusers' DEISMultistepScheduler with algorithm_type="deis".
+
+In x_bar = x/alpha and rho = sigma/alpha the PF-ODE is dx_bar/drho = eps. DEIS interpolates the
+last p outputs eps_j (at rho_j) by a polynomial in log rho and integrates it exactly:
+
+    x' = alpha' (x/alpha + rho sum_{j<p} c_j eps_j),   c_j = integral_0^{-h} l_j(v) e^v dv,
+
+with v = log(rho'/rho) as variable, h = lambda' - lambda (lambda = log(alpha/sigma), half the
+logSNR), l_j the Lagrange basis on the nodes v_j = lambda - lambda_j (v_0 = 0). Equivalently
+sum_j c_j v_j^k = I_k = integral_0^{-h} v^k e^v dv = (-1)^(k+1) k! P(k+1, h) (P: regularised
+lower incomplete gamma, accurate for small h).
+p = 1 is DDIM; p = 2, 3 are diffusers' `multistep_deis_{second,third}_order_update` (there
+written with antiderivatives in absolute log rho). Warm-up uses orders 1, 2, ...; with
+`lower_order_final` and fewer than 15 steps the last two steps use orders 1 and <= 2, as diffusers.
+A step that lands on sigma = 0 is first order (diffusers' DEIS never goes there; its
+DPMSolverMultistep does the same for final_sigmas_type="zero"). Needs alpha > 0 where a step starts.
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammainc
+
+from diffjax import _checks
+from diffjax.solvers.base import Solver, StepInfo, push
+
+
+class DEISState(NamedTuple):
+    x: jax.Array
+    eps: jax.Array  # (order, *x.shape) noise predictions, newest first
+    lam: jax.Array  # (order,) their half-logSNRs
+    i: jax.Array  # steps taken
+    n: jax.Array  # steps in the grid
+
+
+def moment_weights(nodes, moments, k):
+    """w with sum_j w_j nodes_j^i = moments_i for i < k over the first k nodes; w_j = 0 for j >= k.
+
+    w_j = sum_i [z^i] l_j(z) moments_i, l_j the Lagrange basis polynomial of node j on the first k
+    nodes: the solution of the (transposed) Vandermonde system, in closed form and branch-free in k.
+    """
+    size = nodes.shape[0]
+    weights = []
+    for j in range(size):
+        poly = [1.0] + [0.0] * (size - 1)  # coefficients of z^0, z^1, ... of l_j
+        for m in range(size):
+            if m != j:  # multiply by (z - z_m)/(z_j - z_m) if nodes j and m are used, else by 1
+                used = (m < k) & (j < k)
+                gap = jnp.where(used, nodes[j] - nodes[m], 1.0)
+                a, b = jnp.where(used, -nodes[m] / gap, 1.0), jnp.where(used, 1.0 / gap, 0.0)
+                poly = [a * poly[0]] + [a * poly[i] + b * poly[i - 1] for i in range(1, size)]
+        weights.append(jnp.where(j < k, sum(c * moments[i] for i, c in enumerate(poly)), 0.0))
+    return jnp.stack(weights) if weights else jnp.zeros_like(nodes)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def deis(order: int = 3, lower_order_final: bool = True) -> Solver:
+    order = _checks.positive_int("order", order)
+    _checks.one_of("order", order, (1, 2, 3))
+    _check_bool("lower_order_final", lower_order_final)
+
+    def init(x, timesteps):
+        lam = jnp.zeros((order,), jnp.result_type(timesteps, float))
+        return DEISState(x, jnp.zeros((order, *x.shape), x.dtype), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
+
+    def step(state, key, t, t_next, denoise):
+        del key
+        sched = denoise.schedule
+        pred = denoise(state.x, t)
+        eps, lam = push(state.eps, pred.eps), push(state.lam, 0.5 * sched.logsnr(t))
+        p = jnp.minimum(order, state.i + 1)
+        if lower_order_final:
+            p = jnp.where(state.n < 15, jnp.minimum(p, state.n - state.i), p)
+        p = jnp.where(jnp.isinf(sched.logsnr(t_next)), 1, p)
+        h = 0.5 * sched.logsnr(t_next) - lam[0]
+        moments = [(-1.0) ** (k + 1) * math.factorial(k) * gammainc(k + 1.0, h) for k in range(order)]
+        c = moment_weights(lam[0] - lam, moments, p)
+        alpha, alpha_next = sched.alpha(t), sched.alpha(t_next)
+        x_next = alpha_next * (state.x / alpha + sched.sigma(t) / alpha * jnp.tensordot(c, eps, axes=1))
+        new = DEISState(x_next.astype(state.x.dtype), eps, lam, state.i + 1, state.n)
+        return new, StepInfo(jnp.int32(1), pred.x0)
+
+    return Solver(init, step)
