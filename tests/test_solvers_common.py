@@ -1,6 +1,10 @@
 """Every registered solver: runs on each shape of schedule in float64 and float32, compiles to one
 scan with no `cond` or `while`, and never retraces for new timestep values."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +20,7 @@ SCHEDULES = {
     "shifted_flow": (dj.schedules.shifted(dj.schedules.rectified_flow(), 3.0), {"t_max": 0.99, "t_min": 0.01}),
 }
 SOLVERS = sorted(dj.solvers.REGISTRY)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(solver, sched, ts, x_T):
@@ -61,3 +66,18 @@ def test_compiles_to_straight_line_code_and_never_retraces(name):
     assert len(traces) == first
     jaxpr = str(jax.make_jaxpr(lambda ts: dj.sample(solver, den, ts, jax.random.key(0), x_T)[0])(grids[0]))
     assert " cond[" not in jaxpr and " while[" not in jaxpr
+
+
+def test_every_solver_runs_with_x64_off():
+    # The default JAX configuration (float32, 32-bit integers), where Python constants that do not
+    # fit in int32 fail: run every registered solver once in a fresh process.
+    code = (
+        "import jax, jax.numpy as jnp, diffjax as dj, sys; sys.path.insert(0, 'tests'); from helpers import mixture\n"
+        "sched = dj.schedules.vp_linear(); ts = dj.timesteps.logsnr_uniform(sched, 12)\n"
+        "for name, make in dj.solvers.REGISTRY.items():\n"
+        "    x, _ = dj.sample(make(), mixture().denoiser(sched), ts, jax.random.key(0), jnp.ones((4, 3)))\n"
+        "    assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x))), name\n"
+    )
+    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]

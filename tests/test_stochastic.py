@@ -126,3 +126,13 @@ def test_mixture_modes_and_spreads_match_exact_samples_at_fine_steps(name, make)
     n = 20_000 * true_w[:, None]
     assert np.all(np.abs(weights - true_w) < 5 * np.sqrt(true_w * (1 - true_w) / 20_000)), weights
     assert np.all(np.abs(stds / true_s - 1) < 5 / np.sqrt(2 * n) + 0.02), stds / true_s
+
+
+def test_euler_ancestral_with_eta_one_is_ddpm_posterior_sampling():
+    # s_up = s' sqrt(1 - s'^2/s^2) and s_down = s'^2/s make k-diffusion's step DDPM's posterior draw.
+    gmm, sched = mixture(), dj.schedules.vp_linear()
+    ts = dj.timesteps.karras(sched, 25)
+    x_T = gmm.sample(jax.random.key(0), 64, sched, ts[0])
+    a, _ = dj.sample(S.euler_ancestral(eta=1.0), gmm.denoiser(sched), ts, jax.random.key(1), x_T)
+    b, _ = dj.sample(S.ddpm(), gmm.denoiser(sched), ts, jax.random.key(1), x_T)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
