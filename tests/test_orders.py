@@ -1,0 +1,28 @@
+"""Convergence orders of the one-step ODE solvers on the exact Gaussian PF-ODE (last three
+pairwise slopes log2(e_n / e_2n) within 0.15 of the order)."""
+
+import numpy as np
+import pytest
+
+import diffjax as dj
+from helpers import convergence
+
+S = dj.solvers
+
+
+def karras(s, n):
+    return dj.timesteps.karras(s, n, sigma_min=0.002, sigma_max=80.0, append_zero=False)
+
+
+ORDERS = [
+    ("ddim_vp", lambda: S.ddim(), dj.schedules.vp_linear(), 1),
+    ("euler_edm", lambda: S.euler(), dj.schedules.edm(), 1),
+    ("heun_edm", lambda: S.heun(), dj.schedules.edm(), 2),
+    ("heun_vp_cosine", lambda: S.heun(), dj.schedules.vp_cosine(t_max=0.99), 2),
+]
+
+
+@pytest.mark.parametrize("name,make,sched,order", ORDERS, ids=[o[0] for o in ORDERS])
+def test_convergence_order(name, make, sched, order):
+    errors, slopes = convergence(make(), sched, karras, ns=(32, 64, 128, 256, 512))
+    assert np.all(np.abs(slopes[-3:] - order) < 0.15), (errors, slopes)
