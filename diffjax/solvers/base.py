@@ -65,3 +65,34 @@ def denoise_to_zero(solver: Solver) -> Solver:
 
     tail = solver.tail[:-1] if solver.tail else ()
     return solver._replace(tail=tail + (last,))
+
+
+class History(NamedTuple):
+    """A fixed-size ring buffer of earlier arrays (model outputs of past steps).
+
+    `record` writes one slot in place (a dynamic-update-slice of the scan carry) instead of shifting
+    every slot as `push` does; entry j (0 = newest) is read without moving the others.
+    """
+
+    values: jax.Array  # (size, *shape)
+    newest: jax.Array  # int32: the slot holding entry 0
+
+
+def empty_history(size, like):
+    return History(jnp.zeros((size,) + like.shape, like.dtype), jnp.int32(0))
+
+
+def record(history, value):
+    slot = (history.newest - 1) % history.values.shape[0]
+    values = jax.lax.dynamic_update_index_in_dim(history.values, value.astype(history.values.dtype), slot, 0)
+    return History(values, slot)
+
+
+def read(history, j):
+    """Entry j, 0 being the newest recorded."""
+    return jax.lax.dynamic_index_in_dim(history.values, (history.newest + j) % history.values.shape[0], 0, False)
+
+
+def weighted_sum(history, weights):
+    """sum_j weights[j] * read(history, j), in one pass over the buffer."""
+    return jnp.tensordot(jnp.roll(weights, history.newest).astype(history.values.dtype), history.values, axes=1)

@@ -25,13 +25,13 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, StepInfo, push
+from diffjax.solvers.base import History, Solver, StepInfo, empty_history, push, record, weighted_sum
 
 
 class DEISState(NamedTuple):
     x: jax.Array
-    eps: jax.Array  # (order, *x.shape) noise predictions, newest first
-    lam: jax.Array  # (order,) their half-logSNRs
+    eps: History  # noise predictions of the previous order - 1 steps
+    lam: jax.Array  # (order,) newest-first half-logSNRs, the current step's first
     i: jax.Array  # steps taken
     n: jax.Array  # steps in the grid
 
@@ -81,13 +81,13 @@ def deis(order: int = 3, lower_order_final: bool = True) -> Solver:
 
     def init(x, timesteps):
         lam = jnp.zeros((order,), jnp.result_type(timesteps, float))
-        return DEISState(x, jnp.zeros((order, *x.shape), x.dtype), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
+        return DEISState(x, empty_history(max(order - 1, 1), x), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
     def step(state, key, t, t_next, denoise):
         del key
         sched = denoise.schedule
         pred = denoise(state.x, t)
-        eps, lam = push(state.eps, pred.eps), push(state.lam, 0.5 * sched.logsnr(t))
+        lam = push(state.lam, 0.5 * sched.logsnr(t))
         p = jnp.minimum(order, state.i + 1)
         if lower_order_final:
             p = jnp.where(state.n < 15, jnp.minimum(p, state.n - state.i), p)
@@ -95,8 +95,9 @@ def deis(order: int = 3, lower_order_final: bool = True) -> Solver:
         h = 0.5 * sched.logsnr(t_next) - lam[0]
         c = moment_weights(lam[0] - lam, _moments(h, order), p)
         alpha, alpha_next = sched.alpha(t), sched.alpha(t_next)
-        x_next = alpha_next * (state.x / alpha + sched.sigma(t) / alpha * jnp.tensordot(c, eps, axes=1))
-        new = DEISState(x_next.astype(state.x.dtype), eps, lam, state.i + 1, state.n)
+        eps_sum = c[0] * pred.eps + (weighted_sum(state.eps, c[1:]) if order > 1 else 0.0)
+        x_next = alpha_next * (state.x / alpha + sched.sigma(t) / alpha * eps_sum)
+        new = DEISState(x_next.astype(state.x.dtype), record(state.eps, pred.eps), lam, state.i + 1, state.n)
         return new, StepInfo(jnp.int32(1), pred.x0)
 
     return Solver(init, step)

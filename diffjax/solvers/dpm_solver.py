@@ -26,7 +26,19 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, State, StepInfo, noise_like, push, single_step_init
+from diffjax.solvers.base import (
+    History,
+    Solver,
+    State,
+    StepInfo,
+    empty_history,
+    noise_like,
+    push,
+    read,
+    record,
+    single_step_init,
+    weighted_sum,
+)
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -165,8 +177,8 @@ class MultistepState(NamedTuple):
     x: jax.Array
     i: jax.Array  # steps taken so far
     n: jax.Array  # steps in the grid
-    models: jax.Array  # (order, *x.shape) newest-first model outputs (eps or x0)
-    lams: jax.Array  # (order,) their half-logSNRs
+    models: History  # model outputs (eps or x0) of the previous order - 1 steps
+    lams: jax.Array  # (order,) newest-first half-logSNRs, the current step's first
 
 
 def _multistep_init(order):
@@ -175,7 +187,7 @@ def _multistep_init(order):
             x=x,
             i=jnp.int32(0),
             n=jnp.int32(timesteps.shape[0] - 1),
-            models=jnp.zeros((order,) + x.shape, x.dtype),
+            models=empty_history(max(order - 1, 1), x),
             lams=jnp.zeros((order,), jnp.result_type(timesteps)),
         )
 
@@ -234,15 +246,16 @@ def dpm_multistep(
         a_s, _, m_s = _terms(algorithm, sched, s, pred)
         a_t, b_t, _ = _terms(algorithm, sched, t, pred)
         lam_s, lam_t = _lam(sched, s), _lam(sched, t)
-        models, lams = push(state.models, m_s), push(state.lams, lam_s)
+        lams = push(state.lams, lam_s)
         k = step_order(state, order, sched.sigma(t), lower_order_final, euler_at_final)
         h = lam_t - lam_s
         r0 = (lams[0] - lams[1 % order]) / h
         r1 = (lams[1 % order] - lams[2 % order]) / h
         phi_1, c1, c2 = _multistep_coefficients(k, _signed(algorithm, h), r0, r1, solver_type, d2_weight)
-        m0, m1, m2 = models[0], models[1 % order], models[2 % order]
-        x_t = (a_t / a_s) * x - b_t * (phi_1 * m0 + c1 * (m0 - m1) + c2 * (m1 - m2))
-        new = MultistepState(x_t.astype(x.dtype), state.i + 1, state.n, models, lams)
+        # phi_1 m0 + c1 (m0 - m1) + c2 (m1 - m2), with m1, m2 read from the history in one pass.
+        earlier = weighted_sum(state.models, jnp.stack([c2 - c1, -c2])[: state.models.values.shape[0]])
+        x_t = (a_t / a_s) * x - b_t * ((phi_1 + c1) * m_s + earlier)
+        new = MultistepState(x_t.astype(x.dtype), state.i + 1, state.n, record(state.models, m_s), lams)
         return new, StepInfo(jnp.int32(1), pred.x0)
 
     return Solver(_multistep_init(order), step)
@@ -291,20 +304,20 @@ def dpmpp_2m_sde(eta: float = 1.0, *, solver_type="dpmsolver", lower_order_final
         sched, x = denoise.schedule, state.x
         pred = denoise(x, s)
         lam_s, lam_t = _lam(sched, s), _lam(sched, t)
-        models, lams = push(state.models, pred.x0), push(state.lams, lam_s)
+        lams = push(state.lams, lam_s)
         k = step_order(state, 2, sched.sigma(t), lower_order_final, euler_at_final)
         h = lam_t - lam_s
         eta_h = eta * h
         g = -jnp.expm1(-h - eta_h)
-        d = (models[0] - models[1]) * (h / (lams[0] - lams[1]))
+        d = (pred.x0 - read(state.models, 0)) * (h / (lams[0] - lams[1]))
         g_d = 0.5 * g if solver_type == "dpmsolver" else g / (h + eta_h) - 1.0
         alpha_t, sigma_t = sched.alpha(t), sched.sigma(t)
-        x_t = sigma_t / sched.sigma(s) * jnp.exp(-eta_h) * x + alpha_t * g * models[0]
+        x_t = sigma_t / sched.sigma(s) * jnp.exp(-eta_h) * x + alpha_t * g * pred.x0
         x_t = x_t + jnp.where(k == 2, alpha_t * g_d * d, 0.0)
         if eta > 0:
             noise = noise_like(key, x)
             x_t = x_t + sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * eta_h)) * noise
-        new = MultistepState(x_t.astype(x.dtype), state.i + 1, state.n, models, lams)
+        new = MultistepState(x_t.astype(x.dtype), state.i + 1, state.n, record(state.models, pred.x0), lams)
         return new, StepInfo(jnp.int32(1), pred.x0)
 
     return Solver(_multistep_init(2), step)

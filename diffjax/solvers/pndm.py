@@ -45,7 +45,7 @@ import numpy as np
 
 from diffjax import _checks
 from diffjax.schedules import Discrete
-from diffjax.solvers.base import Solver, StepInfo, push
+from diffjax.solvers.base import History, Solver, StepInfo, empty_history, record, weighted_sum
 
 # Adams-Bashforth coefficients for 1..4 points, newest first.
 _AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -53,7 +53,7 @@ _AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 
 
 class PNDMState(NamedTuple):
     x: jax.Array
-    eps: jax.Array  # (order - 1, *x.shape): earlier eps(x, t), newest first
+    eps: History  # eps(x, t) of the previous order - 1 steps
     count: jax.Array  # int32: how many entries of `eps` are filled
 
 
@@ -92,7 +92,7 @@ def _midpoint(t, t_next, shift):
 
 def _finish(state, sched, x, e, e_bar, t, t_next, nfe):
     x0 = (x - sched.sigma(t) * e_bar) / sched.alpha(t)
-    new = PNDMState(transfer(sched, x, e_bar, t, t_next), push(state.eps, e), state.count + 1)
+    new = PNDMState(transfer(sched, x, e_bar, t, t_next), record(state.eps, e), state.count + 1)
     return new, StepInfo(jnp.int32(nfe), x0.astype(x.dtype))
 
 
@@ -143,8 +143,7 @@ def _adams_bashforth(order, index_shift):
         coef = rows[0]
         for k in range(1, order):
             coef = jnp.where(state.count >= k, rows[k], coef)
-        history = jnp.concatenate([e[None], state.eps])
-        e_bar = jnp.tensordot(coef.astype(x.dtype), history, axes=1)
+        e_bar = coef[0].astype(x.dtype) * e + weighted_sum(state.eps, coef[1:])
         return _finish(state, sched, x, e, e_bar, t, t_next, 1)
 
     return step
@@ -153,7 +152,7 @@ def _adams_bashforth(order, index_shift):
 def _init(order):
     def init(x_T, timesteps):
         del timesteps
-        return PNDMState(x_T, jnp.zeros((order - 1, *x_T.shape), x_T.dtype), jnp.int32(0))
+        return PNDMState(x_T, empty_history(order - 1, x_T), jnp.int32(0))
 
     return init
 

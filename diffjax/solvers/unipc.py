@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, StepInfo, push
+from diffjax.solvers.base import History, Solver, StepInfo, empty_history, push, read, record, weighted_sum
 from diffjax.solvers.deis import moment_weights
 
 
@@ -38,15 +38,15 @@ class UniPCState(NamedTuple):
     x: jax.Array  # the predicted sample at the current time, not yet corrected
     x_prev: jax.Array  # the (corrected) sample the previous step started from
     t_prev: jax.Array  # and its time
-    m: jax.Array  # (order, *x.shape) x0 predictions, newest first
-    lam: jax.Array  # (order,) their half-logSNRs
+    m: History  # x0 predictions of the last `order` evaluations
+    lam: jax.Array  # (order,) their half-logSNRs, newest first
     i: jax.Array  # steps taken
     n: jax.Array  # steps in the grid
 
 
 def _update(x, m, lam, s, t, p, sched, variant, m_t=None):
     """UniP-p from x at s to t, with outputs m and half-logSNRs lam newest first; UniC-p if m_t is given."""
-    size = m.shape[0]
+    size = m.values.shape[0]
     h = 0.5 * sched.logsnr(t) - lam[0]
     used = jnp.arange(1, size) < p  # D_1..D_{p-1}; the rest of the history may be placeholders
     r = jnp.where(used, (lam[1:] - lam[0]) / h, 1.0)
@@ -64,9 +64,10 @@ def _update(x, m, lam, s, t, p, sched, variant, m_t=None):
         rho_t, rho = rho[0], rho[1:]
     alpha_t = sched.alpha(t)
     weights = jnp.where(used, alpha_t * B * rho / r, 0.0)
-    x_t = sched.sigma(t) / sched.sigma(s) * x - alpha_t * jnp.expm1(-h) * m[0]
-    x_t = x_t - jnp.tensordot(weights, m[1:] - m[0], axes=1)
-    return x_t if m_t is None else x_t - alpha_t * B * rho_t * (m_t - m[0])
+    m_0 = read(m, 0)
+    x_t = sched.sigma(t) / sched.sigma(s) * x - alpha_t * jnp.expm1(-h) * m_0
+    x_t = x_t - weighted_sum(m, jnp.concatenate([-jnp.sum(weights, keepdims=True), weights]))  # sum_k w_k (m_k - m_0)
+    return x_t if m_t is None else x_t - alpha_t * B * rho_t * (m_t - m_0)
 
 
 def unipc(order: int = 2, variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True) -> Solver:
@@ -82,7 +83,7 @@ def unipc(order: int = 2, variant: str = "bh2", corrector: bool = True, lower_or
 
     def init(x, timesteps):
         lam = jnp.zeros((order,), jnp.result_type(timesteps, float))
-        m = jnp.zeros((order, *x.shape), x.dtype)
+        m = empty_history(order, x)
         return UniPCState(x, x, jnp.asarray(timesteps)[0], m, lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
     def step(state, key, t, t_next, denoise):
@@ -94,7 +95,7 @@ def unipc(order: int = 2, variant: str = "bh2", corrector: bool = True, lower_or
             p_prev = order_at(state.i - 1, state.n)
             x_c = _update(state.x_prev, state.m, state.lam, state.t_prev, t, p_prev, sched, variant, pred.x0)
             x = jnp.where(state.i > 0, x_c, x).astype(x.dtype)
-        m, lam = push(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
+        m, lam = record(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
         p = jnp.where(jnp.isinf(sched.logsnr(t_next)), 1, order_at(state.i, state.n))
         x_next = _update(x, m, lam, t, t_next, p, sched, variant).astype(x.dtype)
         return UniPCState(x_next, x, t, m, lam, state.i + 1, state.n), StepInfo(jnp.int32(1), pred.x0)
