@@ -1,6 +1,18 @@
 """diffjax: compiled samplers, guidance and inference-time steering for diffusion and flow models."""
 
-from diffjax import data, metrics, predictions, schedules, solvers, specs, timesteps
+from diffjax import (
+    data,
+    guidance,
+    metrics,
+    models,
+    parallel,
+    predictions,
+    schedules,
+    solvers,
+    specs,
+    timesteps,
+    training,
+)
 from diffjax.denoiser import Denoiser, Prediction
 from diffjax.sampling import SampleInfo, prior_sample, sample
 from diffjax.solvers import Solver
@@ -13,7 +25,10 @@ __all__ = [
     "SampleInfo",
     "Solver",
     "data",
+    "guidance",
     "metrics",
+    "models",
+    "parallel",
     "predictions",
     "prior_sample",
     "sample",
@@ -21,4 +36,5 @@ __all__ = [
     "solvers",
     "specs",
     "timesteps",
+    "training",
 ]

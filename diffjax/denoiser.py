@@ -35,6 +35,22 @@ def broadcast_to_x(a, x):
     return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
+def network_inputs(schedule, prediction, x, t, *, time_fn, sigma_data, alpha, sigma):
+    """(x_in, time) as a network of this parameterization is fed: x and `time_fn(t)` (default:
+    `schedule.model_time(t)`), or for "edm" c_in * x / alpha and c_noise = log(sigma/alpha)/4.
+    `time` is broadcast to the batch (B,). Training losses use the same function."""
+    if time_fn is not None:
+        time = time_fn(t)
+    elif prediction == "edm":
+        time = 0.25 * jnp.log(schedule.ve_sigma(t))
+    else:
+        time = schedule.model_time(t)
+    if prediction == "edm":
+        c_in = predictions.edm_coefficients(alpha=alpha, sigma=sigma, sigma_data=sigma_data).c_in
+        x = (c_in * x / alpha).astype(x.dtype)
+    return x, jnp.broadcast_to(time, x.shape[:1])
+
+
 @struct.dataclass
 class Denoiser:
     """Wraps `apply_fn(params, x, time, cond) -> output` where output is `prediction`:
@@ -77,17 +93,9 @@ class Denoiser:
         alpha, sigma, dalpha, dsigma = (
             broadcast_to_x(f(t), x) for f in (sched.alpha, sched.sigma, sched.dalpha, sched.dsigma)
         )
-        x_in = x
-        if self.time_fn is not None:
-            time = self.time_fn(t)
-        elif self.prediction == "edm":
-            time = 0.25 * jnp.log(sched.ve_sigma(t))
-        else:
-            time = sched.model_time(t)
-        if self.prediction == "edm":
-            coeffs = predictions.edm_coefficients(alpha=alpha, sigma=sigma, sigma_data=self._sigma_data())
-            x_in = (coeffs.c_in * x / alpha).astype(x.dtype)
-        time = jnp.broadcast_to(time, x.shape[:1])
+        x_in, time = network_inputs(
+            sched, self.prediction, x, t, time_fn=self.time_fn, sigma_data=self._sigma_data(), alpha=alpha, sigma=sigma
+        )
         output = self.apply_fn(self.params, x_in, time, self.cond if cond is None else cond)
         x0, eps = predictions.to_x0_eps(
             self.prediction,

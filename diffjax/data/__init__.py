@@ -1,5 +1,39 @@
-"""Data that ships with diffjax: exact oracles now; toy sets, digits and procedural images later."""
+"""Data that ships with diffjax: exact oracles, toy 2-D sets, digits, procedural shapes, user arrays,
+and deterministic, resumable, shardable batching."""
 
+from diffjax.data import shapes, toy2d
+from diffjax.data.arrays import ArrayData, load_npz
+from diffjax.data.digits import Digits, load_digits, train_test_split
 from diffjax.data.gaussian_mixture import GaussianMixture, ring
+from diffjax.data.iterators import ArrayBatches, SamplerBatches, iterate
+from diffjax.data.toy2d import (
+    TOY_2D,
+    checkerboard,
+    eight_gaussians,
+    eight_gaussians_mixture,
+    moons,
+    rings,
+    swiss_roll,
+)
 
-__all__ = ["GaussianMixture", "ring"]
+__all__ = [
+    "TOY_2D",
+    "ArrayBatches",
+    "ArrayData",
+    "Digits",
+    "GaussianMixture",
+    "SamplerBatches",
+    "checkerboard",
+    "eight_gaussians",
+    "eight_gaussians_mixture",
+    "iterate",
+    "load_digits",
+    "load_npz",
+    "moons",
+    "ring",
+    "rings",
+    "shapes",
+    "swiss_roll",
+    "toy2d",
+    "train_test_split",
+]
