@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 import diffjax as dj
 from diffjax import _checks
@@ -37,6 +38,17 @@ def _field(config, name):
     if name not in config:
         raise ValueError(f"config.{name} is missing")
     return config[name]
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad `--config.<field>=<value>` (unknown field, ill-typed value)
+    raised as a ValueError that names the overrides, before anything else runs. For app.run's
+    `flags_parser`."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        raise ValueError(f"a config override is unknown or ill-typed ({error}); overrides: {overrides}") from error
 
 
 def task(config) -> str:
@@ -183,11 +195,12 @@ def sampler(config, module, schedule, params):
 
 
 def init_params(module, key, example, num_classes):
-    """The module's variables, initialised on two examples."""
+    """The module's variables, initialised on two examples (jitted: eager initialisation of a UNet
+    dispatches op by op and takes seconds)."""
     x = jnp.asarray(example[:2])
     if isinstance(module, dj.models.Classifier):
-        return module.init(key, x, jnp.zeros((2,)) if module.time_conditioned else None)
-    return module.init(key, x, jnp.zeros((2,)), sample_labels(num_classes, 2))
+        return jax.jit(module.init)(key, x, jnp.zeros((2,)) if module.time_conditioned else None)
+    return jax.jit(module.init)(key, x, jnp.zeros((2,)), sample_labels(num_classes, 2))
 
 
 def classifier_apply(module, params, batch_size: int = 500):
