@@ -10,6 +10,7 @@ from diffjax import (
     schedules,
     solvers,
     specs,
+    steering,
     timesteps,
     training,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "schedules",
     "solvers",
     "specs",
+    "steering",
     "timesteps",
     "training",
 ]

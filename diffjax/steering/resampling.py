@@ -1,0 +1,163 @@
+r"""Resampling a particle population from its log-weights, and when to do it.
+
+A resampler maps (key, log_weights (K,)) to ancestor indices (K,) with E[count_i] = K w_i, where
+w = softmax(log_weights). Everything works in log space: the weights are normalised with
+logsumexp, so log-weights of +-1e4 are fine; NaN counts as -inf (a particle that can never be
+chosen); a population whose log-weights are all -inf (or NaN) is resampled uniformly, and
+`normalise` says so. Populations of B conditions are `jax.vmap`ed.
+
+Schemes (Douc, Cappé & Moulines 2005, "Comparison of resampling schemes for particle filtering"):
+multinomial (K i.i.d. draws), stratified (one uniform in each of K equal strata of [0, 1)),
+systematic (one uniform shifted through all strata: the lowest variance in practice, and exact
+for uniform weights) and residual (floor(K w_i) copies of each particle, the remaining
+K - sum floor(K w_i) drawn multinomially from the residual weights).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax import _checks
+
+
+class Normalised(NamedTuple):
+    log_weights: jax.Array  # (K,) log of weights summing to 1
+    log_total: jax.Array  # logsumexp of the input log-weights (-inf when none is finite)
+    degenerate: jax.Array  # bool: every input log-weight was -inf or NaN (the output is uniform)
+
+
+def normalise(log_weights) -> Normalised:
+    """Log-weights shifted to sum to one in the linear domain; NaN and -inf particles get weight 0,
+    and an all-(-inf) population gets uniform weights (flagged as `degenerate`)."""
+    log_weights = jnp.asarray(log_weights)
+    clean = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
+    log_total = jax.nn.logsumexp(clean, axis=-1, keepdims=True)
+    degenerate = ~jnp.isfinite(log_total)  # all -inf (a +inf weight is clamped by the caller's rewards)
+    uniform = jnp.full_like(clean, -jnp.log(clean.shape[-1]))
+    normalised = jnp.where(degenerate, uniform, clean - jnp.where(degenerate, 0.0, log_total))
+    return Normalised(normalised, log_total[..., 0], degenerate[..., 0])
+
+
+def ess(log_weights) -> jax.Array:
+    """Effective sample size 1 / sum_i w_i^2 of the normalised weights: K for equal weights, 1 for one."""
+    normalised = normalise(log_weights).log_weights
+    return jnp.exp(-jax.nn.logsumexp(2 * normalised, axis=-1))
+
+
+def _cumulative(log_weights):
+    """Cumulative normalised weights with the last entry exactly 1."""
+    c = jnp.cumsum(jnp.exp(normalise(log_weights).log_weights))
+    return c / c[-1]
+
+
+def _invert(cumulative, u):
+    """Index i with cumulative[i-1] <= u < cumulative[i]: zero-weight particles are never chosen."""
+    return jnp.searchsorted(cumulative, u, side="right").astype(jnp.int32)
+
+
+def multinomial(key, log_weights) -> jax.Array:
+    """K independent draws from Categorical(w)."""
+    k = jnp.shape(log_weights)[-1]
+    return jax.random.categorical(key, normalise(log_weights).log_weights, shape=(k,)).astype(jnp.int32)
+
+
+def stratified(key, log_weights) -> jax.Array:
+    """u_j = (j + U_j) / K with independent U_j ~ U[0, 1), inverted through the cumulative weights."""
+    k = jnp.shape(log_weights)[-1]
+    u = (jnp.arange(k) + jax.random.uniform(key, (k,))) / k
+    return _invert(_cumulative(log_weights), u)
+
+
+def systematic(key, log_weights) -> jax.Array:
+    """u_j = (j + U) / K with one U ~ U[0, 1), inverted through the cumulative weights."""
+    k = jnp.shape(log_weights)[-1]
+    u = (jnp.arange(k) + jax.random.uniform(key, ())) / k
+    return _invert(_cumulative(log_weights), u)
+
+
+def residual(key, log_weights) -> jax.Array:
+    """floor(K w_i) copies of particle i, then the remaining R = K - sum floor(K w_i) draws
+    multinomially from the residual weights K w_i - floor(K w_i) (in index order)."""
+    k = jnp.shape(log_weights)[-1]
+    scaled = k * jnp.exp(normalise(log_weights).log_weights)
+    copies = jnp.floor(scaled).astype(jnp.int32)
+    deterministic = jnp.repeat(jnp.arange(k, dtype=jnp.int32), copies, total_repeat_length=k)
+    leftover = scaled - copies
+    log_leftover = jnp.where(leftover > 0, jnp.log(jnp.where(leftover > 0, leftover, 1.0)), -jnp.inf)
+    drawn = jax.random.categorical(key, log_leftover, shape=(k,)).astype(jnp.int32)
+    return jnp.where(jnp.arange(k) < copies.sum(), deterministic, drawn)
+
+
+RESAMPLERS = {"multinomial": multinomial, "stratified": stratified, "systematic": systematic, "residual": residual}
+
+
+class Schedule(NamedTuple):
+    """When to resample: at the sampling steps where `steps` (a static (num_steps,) bool mask) is
+    True, and there only if ESS < threshold * K (threshold None: always).
+
+    Build it with `resampling_schedule`.
+    """
+
+    steps: np.ndarray
+    threshold: float | None
+
+
+def resampling_schedule(
+    num_steps: int,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    interval: int = 1,
+    threshold: float | None = None,
+    final: bool = False,
+) -> Schedule:
+    """Resample after sampling steps start, start + interval, ... <= end (default: the second-to-last
+    step; sampling step 0 is the noisiest), plus the last step when `final`; with `threshold`,
+    only where the ESS has fallen below threshold * K (ESS-adaptive). FK steering's
+    `arange(t_start, t_end + 1, freq)` is `start=t_start, end=t_end, interval=freq`."""
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    end = num_steps - 2 if end is None else end
+    _checks.positive_int("interval", interval)
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start and end < num_steps):
+        raise ValueError(f"start and end must be step indices with 0 <= start and end < num_steps={num_steps}, "
+                         f"got start={start!r}, end={end!r}")  # fmt: skip
+    if threshold is not None:
+        _checks.in_range("threshold", threshold, 0.0, 1.0)
+    steps = np.zeros(num_steps, bool)
+    steps[start : end + 1 : interval] = True
+    steps[-1] |= final
+    return Schedule(steps, None if threshold is None else float(threshold))
+
+
+class Resampled(NamedTuple):
+    ancestors: jax.Array  # (K,) int32: particle j continues ancestors[j] (arange when not resampled)
+    log_weights: jax.Array  # (K,) the weights carried on: 0 after resampling, else the input's
+    log_z_increment: jax.Array  # log mean w before resampling (0 when not resampled)
+    resampled: jax.Array  # bool
+
+
+def maybe_resample(key, log_weights, scheduled, threshold, resampler=systematic) -> Resampled:
+    """Resample one population if `scheduled` (a traced bool) and, with a threshold, if ESS < threshold K.
+
+    Branch-free: the ancestors are computed either way and selected. When it does not resample,
+    the log-weights are carried forward unchanged, so the population keeps targeting the same law
+    (FK steering's official code drops them instead; see the tests). When it does, it returns the
+    log normalising-constant increment log (1/K sum_i w_i), whose sum over steps (plus the final
+    one) is the SMC estimate log Z-hat.
+    """
+    k = jnp.shape(log_weights)[-1]
+    do = jnp.asarray(scheduled)
+    if threshold is not None:
+        do = do & (ess(log_weights) < threshold * k)
+    ancestors = jnp.where(do, resampler(key, log_weights), jnp.arange(k, dtype=jnp.int32))
+    increment = normalise(log_weights).log_total - jnp.log(k)
+    return Resampled(
+        ancestors,
+        jnp.where(do, jnp.zeros_like(log_weights), log_weights),
+        jnp.where(do, increment, 0.0),
+        do,
+    )

@@ -1,0 +1,163 @@
+"""FK steering against exactly tilted Gaussian mixtures.
+
+The proposal is the mixture's exact reverse kernel (zero discretisation error) started from the
+exact p_T, so the only error left is Monte Carlo: B independent populations of K particles each
+return one resampled particle, and those B draws must match the exact target
+
+    p(x) exp(lambda a.x) / Z  =  sum_k w~_k N(mu_k + lambda Sigma_k a, Sigma_k),
+    w~_k  propto  w_k exp(lambda a.mu_k + lambda^2 a.Sigma_k a / 2)
+
+(means, covariances and mode weights within 5 Monte Carlo standard errors).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+from diffjax.steering import resampling
+
+WEIGHTS = np.array([0.6, 0.3, 0.1])
+MEANS = np.array([[-1.5, 0.0], [1.5, 0.5], [0.0, 2.0]])
+SCALES = np.array([[0.4, 0.5], [0.3, 0.6], [0.5, 0.3]])
+A = np.array([1.0, 0.5])
+LMBDA = 1.5
+B, K, STEPS = 512, 32, 16
+
+
+def tilted():
+    """The exactly tilted mixture and log Z = log E_p[exp(lambda a.x)]."""
+    var = SCALES**2
+    log_terms = np.log(WEIGHTS) + LMBDA * MEANS @ A + 0.5 * LMBDA**2 * (var * A**2).sum(1)
+    log_z = np.logaddexp.reduce(log_terms)
+    return dj.data.GaussianMixture(np.exp(log_terms - log_z), MEANS + LMBDA * var * A, SCALES), log_z
+
+
+def reward(x, cond):
+    del cond
+    return x @ jnp.asarray(A, x.dtype)
+
+
+def steer(potential="diff", schedule=None, drop_weights=False, seed=0, k=K, b=B):
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, STEPS, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(seed), b * k, sched, ts[0]).reshape(b, k, 2)
+    return dj.steering.fk_steer(
+        gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(seed + 1), x_T, reward, lmbda=LMBDA,
+        potential=potential, schedule=schedule, drop_weights=drop_weights,
+    ), gmm, sched, ts  # fmt: skip
+
+
+def assert_matches_target(x, target, sched, t_end):
+    """Mean, covariance and mode weights of B draws within 5 Monte Carlo standard errors."""
+    x = np.asarray(x)
+    exact = np.asarray(target.sample(jax.random.key(99), 400_000, sched, t_end))
+    mean, sd = exact.mean(0), exact.std(0)
+    np.testing.assert_array_less(np.abs(x.mean(0) - mean), 5 * sd / np.sqrt(len(x)))
+    centred, centred_exact = x - mean, exact - mean
+    for i in range(2):
+        for j in range(i, 2):
+            prod, prod_exact = centred[:, i] * centred[:, j], centred_exact[:, i] * centred_exact[:, j]
+            assert abs(prod.mean() - prod_exact.mean()) < 5 * prod_exact.std() / np.sqrt(len(x)), (i, j)
+    modes = np.bincount(np.argmax(np.asarray(target.posterior(jnp.asarray(x), sched, t_end)), -1), minlength=3)
+    p = np.asarray(target.weights)
+    np.testing.assert_array_less(np.abs(modes / len(x) - p), 5 * np.sqrt(p * (1 - p) / len(x)) + 1e-3)
+
+
+@pytest.mark.parametrize("potential,sparse", [("diff", False), ("diff", True), ("max", True), ("sum", True),
+                                               ("rt", True)])  # fmt: skip
+def test_resampled_output_is_the_exactly_tilted_mixture(potential, sparse):
+    # every step, or FK's sparse schedule (rewards and resampling at steps 3, 7, 11): "sum" counts
+    # early rewards once per later scheduled step, and at every one of 16 steps its weights degenerate
+    schedule = resampling.resampling_schedule(STEPS, start=3, interval=4) if sparse else None
+    particles, _, sched, ts = steer(potential, schedule=schedule)
+    target, _ = tilted()
+    x = dj.steering.resampled(jax.random.key(7), particles)
+    assert_matches_target(x, target, sched, ts[-1])
+
+
+def test_ess_adaptive_with_weight_carry_hits_the_target_and_dropping_weights_does_not():
+    # rare resampling (ESS < 0.2 K): correct only if the weights are carried between resamplings
+    schedule = resampling.resampling_schedule(STEPS, threshold=0.2)
+    target, _ = tilted()
+    particles, _, sched, ts = steer(schedule=schedule)
+    assert 0 < np.mean(particles.resampled) < 0.5  # it did skip scheduled steps
+    assert_matches_target(dj.steering.resampled(jax.random.key(7), particles), target, sched, ts[-1])
+    dropped, *_ = steer(schedule=schedule, drop_weights=True)
+    with pytest.raises(AssertionError):
+        assert_matches_target(dj.steering.resampled(jax.random.key(7), dropped), target, sched, ts[-1])
+
+
+def test_z_hat_is_unbiased_and_log_z_hat_converges():
+    # E[Z-hat / Z] = 1 for every K; log Z-hat -> log Z as K grows (its bias and spread shrink)
+    _, log_z = tilted()
+    spreads = []
+    for k in (4, 64):
+        particles, *_ = steer(k=k, b=256, seed=3)
+        ratio = np.exp(np.asarray(particles.log_z) - log_z)
+        assert abs(ratio.mean() - 1) < 5 * ratio.std() / np.sqrt(len(ratio)), (k, ratio.mean())
+        spreads.append(np.abs(np.asarray(particles.log_z) - log_z).mean())
+    assert spreads[1] < 0.5 * spreads[0], spreads
+
+
+def test_huge_lambda_and_non_finite_rewards_give_finite_samples():
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 4 * 16, sched, ts[0]).reshape(4, 16, 2)
+
+    def wild(x, cond):  # NaN for half the particles, +inf for some, huge elsewhere
+        r = 1e3 * x[:, 0]
+        r = jnp.where(x[:, 1] > 0.5, jnp.nan, r)
+        return jnp.where(x[:, 0] < -2.5, jnp.inf, r)
+
+    for lmbda in (1e4, 1.0):
+        p = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T, wild,
+                                 lmbda=lmbda)  # fmt: skip
+        assert np.all(np.isfinite(p.x)) and np.all(np.isfinite(np.exp(p.log_weights)))
+    dead = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T,
+                                lambda x, c: jnp.full(x.shape[:1], jnp.nan), lmbda=1.0)  # fmt: skip
+    assert np.all(np.isfinite(dead.x)) and np.all(dead.degenerate > 0)
+    np.testing.assert_allclose(np.exp(dead.log_weights), 1 / 16)
+
+
+def test_deterministic_solver_warns_and_outputs_are_named_for_what_they_are():
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 2 * 8, sched, ts[0]).reshape(2, 8, 2)
+    with pytest.warns(UserWarning, match="deterministic"):
+        p = dj.steering.fk_steer(dj.solvers.ddim(), gmm.denoiser(sched), ts, jax.random.key(1), x_T, reward,
+                                 lmbda=5.0)  # fmt: skip
+    x, w = dj.steering.weighted(p)
+    assert x.shape == (2, 8, 2) and np.allclose(w.sum(1), 1)
+    best = dj.steering.best_of(p)
+    np.testing.assert_array_equal(best, x[np.arange(2), np.argmax(p.rewards, 1)])
+    assert p.nfe == 8 and p.ancestors.shape == (8, 2, 8) and p.ess.shape == (8, 2)
+
+
+def test_rewards_are_evaluated_only_at_scheduled_steps():
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 2 * 4, sched, ts[0]).reshape(2, 4, 2)
+    seen = []
+
+    def counting(x, cond):
+        jax.debug.callback(lambda: seen.append(1))
+        return reward(x, cond)
+
+    schedule = resampling.resampling_schedule(8, start=1, interval=3)  # steps 1 and 4
+    dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T, counting,
+                         lmbda=1.0, schedule=schedule)  # fmt: skip
+    assert len(seen) == 3  # two scheduled steps and the final correction
+
+
+def test_vmap_over_keys_equals_a_loop_with_the_same_keys():
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 2 * 8, sched, ts[0]).reshape(2, 8, 2)
+    run = lambda key: dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, key, x_T, reward,
+                                           lmbda=2.0).x  # fmt: skip
+    keys = jax.random.split(jax.random.key(5), 3)
+    batched = jax.vmap(run)(keys)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], run(keys[i]))
