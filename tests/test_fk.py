@@ -161,3 +161,19 @@ def test_vmap_over_keys_equals_a_loop_with_the_same_keys():
     batched = jax.vmap(run)(keys)
     for i in range(3):
         np.testing.assert_array_equal(batched[i], run(keys[i]))
+
+
+def test_importance_sampling_and_best_of_n_baselines_spend_the_same_nfe():
+    # never resampled: the weights are exactly softmax(lambda r(x0)) and best-of-N is the argmax reward
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 3 * 16, sched, ts[0]).reshape(3, 16, 2)
+    args = (gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T, reward)
+    p = dj.steering.importance_sample(*args, lmbda=LMBDA)
+    assert not np.any(p.resampled)
+    np.testing.assert_allclose(p.log_weights, jax.nn.log_softmax(LMBDA * p.rewards, axis=1), rtol=1e-12, atol=1e-12)
+    best = dj.steering.best_of(p)
+    np.testing.assert_allclose(reward(best, None), p.rewards.max(1), rtol=1e-12)
+    stochastic = (dj.solvers.ddim(eta=1.0), *args[1:])  # the exact kernel spends no NFE; DDIM one per step
+    assert dj.steering.importance_sample(*stochastic, lmbda=LMBDA).nfe == 8
+    assert dj.steering.fk_steer(*stochastic, lmbda=LMBDA).nfe == 8

@@ -5,7 +5,7 @@ once. See `fk` for the algorithm and `resampling` for the schemes.
 """
 
 from diffjax.steering import fk, resampling
-from diffjax.steering.fk import POTENTIALS, Particles, best_of, fk_steer, resampled, weighted
+from diffjax.steering.fk import POTENTIALS, Particles, best_of, fk_steer, importance_sample, resampled, weighted
 from diffjax.steering.resampling import ess, maybe_resample, normalise, resampling_schedule
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ess",
     "fk",
     "fk_steer",
+    "importance_sample",
     "maybe_resample",
     "normalise",
     "resampled",

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import _checks
 from diffjax.sampling import check_grid
@@ -252,6 +253,16 @@ def fk_steer(
                 stacklevel=2,
             )
     return particles
+
+
+def importance_sample(solver: Solver, denoiser, timesteps, key, x_T, reward: Callable, *, lmbda: float,
+                      cond=None) -> Particles:  # fmt: skip
+    """The baseline at equal NFE: K independent samples per condition, never resampled, weighted by
+    exp(lmbda r(x0)) (self-normalised importance sampling of the same target). `best_of` of the
+    result is best-of-N (random search over the starting noise and the solver's noise)."""
+    steps = jnp.shape(timesteps)[0] - 1
+    never = resampling.Schedule(np.zeros(steps, bool), None)
+    return fk_steer(solver, denoiser, timesteps, key, x_T, reward, lmbda=lmbda, schedule=never, cond=cond)
 
 
 def weighted(particles: Particles):
