@@ -177,3 +177,18 @@ def test_importance_sampling_and_best_of_n_baselines_spend_the_same_nfe():
     stochastic = (dj.solvers.ddim(eta=1.0), *args[1:])  # the exact kernel spends no NFE; DDIM one per step
     assert dj.steering.importance_sample(*stochastic, lmbda=LMBDA).nfe == 8
     assert dj.steering.fk_steer(*stochastic, lmbda=LMBDA).nfe == 8
+
+
+def test_chunked_rewards_give_the_same_run():
+    # a reward evaluated 4 particles at a time: the same values, so the same particles and weights
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 3 * 8, sched, ts[0]).reshape(3, 8, 2)
+    args = (dj.solvers.ddim(eta=1.0), gmm.denoiser(sched), ts, jax.random.key(1), x_T, reward)
+    whole = dj.steering.fk_steer(*args, lmbda=LMBDA)
+    parts = dj.steering.fk_steer(*args, lmbda=LMBDA, reward_chunk=4)
+    np.testing.assert_allclose(parts.x, whole.x, rtol=1e-12)
+    np.testing.assert_allclose(parts.log_weights, whole.log_weights, rtol=1e-12, atol=1e-12)
+    assert dj.steering.chunked(reward, 4) is dj.steering.chunked(reward, 4)
+    with pytest.raises(ValueError, match="reward_chunk"):
+        dj.steering.fk_steer(*args, lmbda=LMBDA, reward_chunk=5)

@@ -106,6 +106,24 @@ def _safe_reward(r):
     return jnp.where(jnp.isfinite(r), r, -jnp.inf)
 
 
+@functools.cache
+def chunked(reward: Callable, chunk_size: int) -> Callable:
+    """`reward` evaluated on `chunk_size` particles at a time (`jax.lax.map` over chunks), to bound
+    the memory of large reward models; N must be a multiple of chunk_size. Same values as `reward`.
+    Cached, so the same (reward, chunk_size) gives the same function and `fk_steer` compiles once."""
+    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+
+    def evaluate(x, cond):
+        n = x.shape[0]
+        if n % chunk_size:
+            raise ValueError(f"the number of particles B*K={n} must be a multiple of chunk_size={chunk_size}")
+        split = lambda a: a.reshape((n // chunk_size, chunk_size) + a.shape[1:])  # noqa: E731
+        parts = jax.lax.map(lambda args: reward(*args), (split(x), jax.tree.map(split, cond)))
+        return parts.reshape(n)
+
+    return evaluate
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("solver", "reward", "num_particles", "potential", "reward_on", "resample_steps",
@@ -203,6 +221,7 @@ def fk_steer(
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
     cond=None,
+    reward_chunk: int | None = None,
     drop_weights: bool = False,
 ) -> Particles:
     """Steer `solver` towards p(x0 | c) exp(lmbda r(x0, c)) with K particles per condition.
@@ -210,7 +229,8 @@ def fk_steer(
     x_T: (B, K, *event) starting particles (K = x_T.shape[1]). `reward(x, cond) -> (N,)` takes
     x (N, *event) with N = B K and cond repeated per particle (or None). `schedule`: when to
     resample (`resampling.resampling_schedule`; default every step but the last). `resampler`:
-    a name in `resampling.RESAMPLERS`. `drop_weights=True` reproduces the official FK code's
+    a name in `resampling.RESAMPLERS`. `reward_chunk`: evaluate the reward on this many particles
+    at a time (`chunked`). `drop_weights=True` reproduces the official FK code's
     bug (weights discarded when a scheduled step does not resample) and exists for the tests.
 
     Warns when a resampled population ends with identical particles: the solver is deterministic,
@@ -229,11 +249,15 @@ def fk_steer(
     _checks.one_of("reward_on", reward_on, REWARD_ON)
     _checks.one_of("resampler", resampler, tuple(resampling.RESAMPLERS))
     lmbda = _checks.finite("lmbda", lmbda)
+    if reward_chunk is not None:
+        reward = chunked(reward, reward_chunk)
     steps = jnp.shape(timesteps)[0] - 1
     schedule = resampling.resampling_schedule(steps) if schedule is None else schedule
     if len(schedule.steps) != steps:
         raise ValueError(f"schedule must cover the grid's {steps} steps, got {len(schedule.steps)}")
     b, k = jnp.shape(x_T)[:2]
+    if reward_chunk is not None and (b * k) % reward_chunk:
+        raise ValueError(f"reward_chunk must divide the number of particles B*K={b * k}, got {reward_chunk}")
     x_T = jnp.asarray(x_T)
     if cond is not None:
         cond = jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), k, axis=0), cond)
