@@ -78,3 +78,17 @@ def convergence(solver, sched, grid, ns=(8, 16, 32, 64, 128, 256, 512), batch=32
         errors.append(float(jnp.sqrt(jnp.mean((x - gaussian_flow(g, x_T, sched, ts[0], ts[-1])) ** 2))))
     errors = np.array(errors)
     return errors, np.log2(errors[:-1] / errors[1:])
+
+
+def prediction_views(x0, eps, *, alpha, sigma, dalpha, dsigma, sigma_data):
+    """(x, {prediction: what a perfect network of that kind outputs}) for x = alpha x0 + sigma eps."""
+    P = dj.predictions
+    x = alpha * x0 + sigma * eps
+    return x, {
+        "eps": eps,
+        "x0": x0,
+        "v": P.v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma),
+        "score": P.score_from_eps(eps=eps, sigma=sigma),
+        "velocity": P.velocity_from_x0_eps(x0=x0, eps=eps, dalpha=dalpha, dsigma=dsigma),
+        "edm": P.edm_from_x0(x=x, x0=x0, alpha=alpha, sigma=sigma, sigma_data=sigma_data),
+    }

@@ -9,7 +9,7 @@ from scipy import stats
 import diffjax as dj
 from diffjax import predictions as P
 from diffjax.training import losses, time_sampling
-from helpers import gaussian, mixture
+from helpers import gaussian, mixture, prediction_views
 
 WEIGHTINGS = losses.WEIGHTINGS
 SD = 0.5  # sigma_data
@@ -33,15 +33,9 @@ def _coefficients(sched, t):
 
 def _view(prediction, x0, eps, alpha, sigma, dalpha, dsigma):
     """What a network of kind `prediction` outputs for (x0, eps), from predictions.py."""
-    x = alpha * x0 + sigma * eps
-    return {
-        "eps": eps,
-        "x0": x0,
-        "v": P.v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma),
-        "score": P.score_from_eps(eps=eps, sigma=sigma),
-        "velocity": P.velocity_from_x0_eps(x0=x0, eps=eps, dalpha=dalpha, dsigma=dsigma),
-        "edm": P.edm_from_x0(x=x, x0=x0, alpha=alpha, sigma=sigma, sigma_data=SD),
-    }[prediction]
+    return prediction_views(x0, eps, alpha=alpha, sigma=sigma, dalpha=dalpha, dsigma=dsigma, sigma_data=SD)[1][
+        prediction
+    ]
 
 
 def _affine_network(sched, prediction, mu, from_model_time):

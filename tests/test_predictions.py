@@ -7,20 +7,7 @@ import pytest
 
 import diffjax as dj
 from diffjax import predictions as P
-from helpers import mixture
-
-
-def _targets(x0, eps, alpha, sigma, dalpha, dsigma, sigma_data):
-    """What a perfect network of each kind outputs for this (x0, eps)."""
-    x = alpha * x0 + sigma * eps
-    return x, {
-        "eps": eps,
-        "x0": x0,
-        "v": P.v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma),
-        "score": P.score_from_eps(eps=eps, sigma=sigma),
-        "velocity": P.velocity_from_x0_eps(x0=x0, eps=eps, dalpha=dalpha, dsigma=dsigma),
-        "edm": P.edm_from_x0(x=x, x0=x0, alpha=alpha, sigma=sigma, sigma_data=sigma_data),
-    }
+from helpers import mixture, prediction_views
 
 
 @pytest.mark.parametrize("prediction", P.PREDICTIONS)
@@ -32,7 +19,7 @@ def test_round_trip_through_every_view_is_exact(prediction):
     sigma = jax.random.uniform(k[3], (64, 1), minval=0.05, maxval=3.0)
     dalpha = -jax.random.uniform(k[4], (64, 1), minval=0.1, maxval=2.0)
     dsigma = jax.random.uniform(k[5], (64, 1), minval=0.1, maxval=2.0)
-    x, outputs = _targets(x0, eps, alpha, sigma, dalpha, dsigma, 0.5)
+    x, outputs = prediction_views(x0, eps, alpha=alpha, sigma=sigma, dalpha=dalpha, dsigma=dsigma, sigma_data=0.5)
     got_x0, got_eps = P.to_x0_eps(
         prediction, outputs[prediction], x=x, alpha=alpha, sigma=sigma, dalpha=dalpha, dsigma=dsigma, sigma_data=0.5
     )
@@ -79,7 +66,8 @@ def _oracle_network(gmm, sched, prediction, sigma_data=0.5):
         sigma, dalpha, dsigma = (f(t)[:, None] for f in (sched.sigma, sched.dalpha, sched.dsigma))
         x0 = gmm.x0_mean(x, sched, t)
         eps = (x - alpha * x0) / sigma
-        return _targets(x0, eps, alpha, sigma, dalpha, dsigma, sigma_data)[1][prediction]
+        views = prediction_views(x0, eps, alpha=alpha, sigma=sigma, dalpha=dalpha, dsigma=dsigma, sigma_data=sigma_data)
+        return views[1][prediction]
 
     time_fn = None if prediction == "edm" else (lambda t: t)
     return dj.Denoiser(apply_fn, None, schedule=sched, prediction=prediction, time_fn=time_fn)
