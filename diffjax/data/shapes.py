@@ -96,11 +96,6 @@ def _choice(u, k: int):
     return jnp.minimum(jnp.floor(u * k), k - 1).astype(jnp.int32)
 
 
-def _choice(u, k: int):
-    """Uniform integers in 0..k-1 from uniforms in [0, 1) (exact up to float32 resolution)."""
-    return jnp.minimum(jnp.floor(u * k), k - 1).astype(jnp.int32)
-
-
 def sample_scene(key, *, image_size: int = 32, max_shapes: int = 3) -> Scene:
     """One random scene (see the module docstring for the law); image_size >= 16, max_shapes 1..4.
 

@@ -1,35 +1,40 @@
-"""Inference-time steering with particles: resampling schemes and schedules, Feynman–Kac steering.
+"""Inference-time steering with particles: resampling schemes and schedules, Feynman–Kac steering,
+twisted SMC (TDS), SMCDiff, and rewards.
 
 Particles are a vectorised axis: B conditions x K particles, with the network called on B K at
-once. See `fk` for the algorithm and `resampling` for the schemes.
+once. See `fk`, `twisted` (TDS) and `inpaint` (SMCDiff) for the algorithms, `resampling` for the schemes and
+`rewards` for reward builders.
 """
 
-from diffjax.steering import fk, resampling
-from diffjax.steering.fk import (
-    POTENTIALS,
-    Particles,
-    best_of,
-    chunked,
-    fk_steer,
-    importance_sample,
-    resampled,
-    weighted,
-)
+from diffjax.steering import fk, inpaint, particles, resampling, rewards, twisted
+from diffjax.steering.fk import POTENTIALS, chunked, fk_steer, importance_sample
+from diffjax.steering.inpaint import smcdiff
+from diffjax.steering.particles import Particles, best_of, resampled, weighted
 from diffjax.steering.resampling import ess, maybe_resample, normalise, resampling_schedule
+from diffjax.steering.twisted import classifier_twist, inpainting_twist, reward_twist, tds
 
 __all__ = [
     "POTENTIALS",
     "Particles",
     "best_of",
     "chunked",
+    "classifier_twist",
     "ess",
     "fk",
     "fk_steer",
+    "inpaint",
+    "inpainting_twist",
     "importance_sample",
     "maybe_resample",
     "normalise",
+    "particles",
     "resampled",
     "resampling",
     "resampling_schedule",
+    "reward_twist",
+    "rewards",
+    "smcdiff",
+    "tds",
+    "twisted",
     "weighted",
 ]

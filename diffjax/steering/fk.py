@@ -23,7 +23,11 @@ Potentials on the intermediate reward r_i (`POTENTIALS`; FK's names):
 
 The intermediate reward is r evaluated on the data prediction x0-hat(x_{t_i}) that step i's
 solver call used (`reward_on="x0"`, Tweedie's estimate; no extra network evaluation), or on the
-new state x_{t_{i+1}} (`reward_on="xt"`). Non-finite rewards give log G = -inf: the particle is
+new state x_{t_{i+1}} (`reward_on="xt"`), or the many-sample estimate (`reward_on="many"`, FK's
+r_phi for discrete models) log (1/M) sum_j exp r(x0_j) with x0_j ~ N(x0-hat, v_t I) and
+v_t = s^2 sigma_t^2 / (alpha_t^2 s^2 + sigma_t^2) the posterior variance of x0 given x_t for data
+N(m, s^2 I) (s = `x0_std`): M reward calls per scheduled step, no extra network evaluation.
+Non-finite rewards give log G = -inf: the particle is
 never chosen again, and it never turns into NaN samples.
 
 Resampling needs the whole solver state of a particle: every state leaf whose trailing shape is
@@ -42,9 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import _checks
-from diffjax.sampling import check_grid
-from diffjax.solvers.base import Solver
+from diffjax.solvers.base import Solver, noise_like
 from diffjax.steering import resampling
+from diffjax.steering.particles import Particles, check_run, collect
 
 
 class PotentialState(NamedTuple):
@@ -74,21 +78,7 @@ def _rt(state, r, lmbda):
 
 
 POTENTIALS = {"diff": _diff, "max": _max, "sum": _sum, "rt": _rt}
-REWARD_ON = ("x0", "xt")
-
-
-class Particles(NamedTuple):
-    """FK steering's output for B conditions x K particles; see `weighted`, `resampled`, `best_of`."""
-
-    x: jax.Array  # (B, K, *event) final particles
-    log_weights: jax.Array  # (B, K) normalised log-weights (logsumexp over K is 0)
-    rewards: jax.Array  # (B, K) r(x0, c) of the final particles
-    log_z: jax.Array  # (B,) log Z-hat, the SMC estimate of log E_p[exp(lambda r(x0))]
-    ess: jax.Array  # (steps, B) effective sample size after each step's reweighting
-    resampled: jax.Array  # (steps, B) bool
-    ancestors: jax.Array  # (steps, B, K) int32: particle j after step i descends from ancestors[i, :, j]
-    degenerate: jax.Array  # (B,) int32: steps at which every log-weight was -inf (uniform fallback)
-    nfe: jax.Array  # network evaluations per particle
+REWARD_ON = ("x0", "xt", "many")
 
 
 def _gather_state(state, ancestors, x_shape):
@@ -124,30 +114,41 @@ def chunked(reward: Callable, chunk_size: int) -> Callable:
     return evaluate
 
 
+def many_sample_reward(reward: Callable, key, x0, cond, std, num_samples: int):
+    """log (1/M) sum_j exp r(x0 + std z_j, cond), z_j ~ N(0, I), one reward call per j
+    (`jax.lax.map`); non-finite rewards count as -inf."""
+    draw = lambda key: _safe_reward(reward(x0 + std * noise_like(key, x0), cond))  # noqa: E731
+    rewards = jax.lax.map(draw, jax.random.split(key, num_samples))
+    return jax.nn.logsumexp(rewards, axis=0) - jnp.log(num_samples)
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("solver", "reward", "num_particles", "potential", "reward_on", "resample_steps",
-                     "threshold", "resampler", "drop_weights"),
+    static_argnames=("solver", "reward", "num_particles", "potential", "reward_on", "num_x0_samples",
+                     "resample_steps", "threshold", "resampler", "drop_weights"),
 )  # fmt: skip
-def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, num_particles, potential, reward_on,
-        resample_steps, threshold, resampler, drop_weights):  # fmt: skip
+def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, x0_std, num_particles, potential, reward_on,
+        num_x0_samples, resample_steps, threshold, resampler, drop_weights):  # fmt: skip
     n = x_T.shape[0]
     b, k = n // num_particles, num_particles
     x_shape = x_T.shape
-    split = lambda a: a.reshape((b, k) + a.shape[1:])  # noqa: E731
-    flat = lambda a: a.reshape((n,) + a.shape[2:])  # noqa: E731
     log_g_fn = POTENTIALS[potential] if isinstance(potential, str) else potential
     resample_fn = resampling.RESAMPLERS[resampler]
     mask = jnp.asarray(resample_steps)
     steps = timesteps.shape[0] - 1
-    keys = jax.random.split(key, (steps, 2))
+    keys = jax.random.split(key, (steps, 3))
     zeros = jnp.zeros(n, x_T.dtype)
     carry = (solver.init(x_T, timesteps), jnp.zeros(n, x_T.dtype), PotentialState(zeros, zeros, zeros, zeros),
              jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))  # fmt: skip
 
-    def potential_step(pot, x):
+    def potential_step(pot, x, key, t):
         """(log G (N,), new potential state) from the intermediate reward on x."""
-        r = _safe_reward(reward(x, cond).astype(x_T.dtype))
+        if reward_on == "many":
+            alpha, sigma = denoiser.schedule.alpha(t), denoiser.schedule.sigma(t)
+            std = x0_std * sigma / jnp.sqrt(alpha**2 * x0_std**2 + sigma**2)
+            r = many_sample_reward(reward, key, x, cond, std, num_x0_samples).astype(x_T.dtype)
+        else:
+            r = _safe_reward(reward(x, cond).astype(x_T.dtype))
         log_g = log_g_fn(pot, r, lmbda)
         log_g = jnp.where(jnp.isfinite(r) & ~jnp.isnan(log_g), log_g, -jnp.inf)
         finite_r = jnp.where(jnp.isfinite(r), r, pot.previous)
@@ -162,20 +163,16 @@ def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, num_particle
     def advance(carry, i, step_fn):
         state, log_w, pot, log_z, degenerate = carry
         state, info = step_fn(state, keys[i, 0], timesteps[i], timesteps[i + 1], denoiser)
-        x_reward = info.x0 if reward_on == "x0" else state.x
-        skip = lambda pot, x: (jnp.zeros(n, x_T.dtype), pot)  # noqa: E731
-        log_g, pot = jax.lax.cond(mask[i], potential_step, skip, pot, x_reward)
+        x_reward = state.x if reward_on == "xt" else info.x0
+        skip = lambda pot, *_: (jnp.zeros(n, x_T.dtype), pot)  # noqa: E731
+        log_g, pot = jax.lax.cond(mask[i], potential_step, skip, pot, x_reward, keys[i, 2], timesteps[i])
         log_w = log_w + log_g
-        out = jax.vmap(lambda key, lw: resampling.maybe_resample(key, lw, mask[i], threshold, resample_fn))(
-            jax.random.split(keys[i, 1], b), split(log_w)
-        )
-        ancestors = (out.ancestors + (jnp.arange(b) * k)[:, None]).reshape(n)
-        state = _gather_state(state, ancestors, x_shape)
-        pot = jax.tree.map(lambda a: a[ancestors], pot)
-        new_log_w = jnp.zeros_like(log_w) if drop_weights else flat(out.log_weights)
-        degenerate = degenerate + (resampling.normalise(split(log_w)).degenerate & out.resampled)
-        trace = (resampling.ess(split(log_w)), out.resampled, out.ancestors, info.nfe)
-        return (state, new_log_w, pot, log_z + out.log_z_increment, degenerate), trace
+        out = resampling.resample_flat(keys[i, 1], log_w, k, mask[i], threshold, resample_fn)
+        state = _gather_state(state, out.ancestors, x_shape)
+        pot = jax.tree.map(lambda a: a[out.ancestors], pot)
+        new_log_w = jnp.zeros_like(log_w) if drop_weights else out.log_weights
+        trace = (out.ess, out.resampled, out.local_ancestors, info.nfe)
+        return (state, new_log_w, pot, log_z + out.log_z_increment, degenerate + out.degenerate), trace
 
     traces = []
     for i, step_fn in enumerate(solver.head):
@@ -192,19 +189,7 @@ def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, num_particle
     state, log_w, pot, log_z, degenerate = carry
     final_r = _safe_reward(reward(state.x, cond).astype(x_T.dtype))
     log_w = log_w + jnp.where(jnp.isfinite(final_r), lmbda * final_r - pot.log_product, -jnp.inf)
-    normalised = jax.vmap(resampling.normalise)(split(log_w))
-    log_z = log_z + normalised.log_total - jnp.log(k)
-    return Particles(
-        x=split(state.x),
-        log_weights=normalised.log_weights,
-        rewards=split(final_r),
-        log_z=log_z,
-        ess=ess,
-        resampled=resampled,
-        ancestors=ancestors,
-        degenerate=degenerate + normalised.degenerate,
-        nfe=jnp.sum(nfe),
-    )
+    return collect(state.x, log_w, final_r, log_z, degenerate, (ess, resampled, ancestors), k, jnp.sum(nfe))
 
 
 def fk_steer(
@@ -218,6 +203,8 @@ def fk_steer(
     lmbda: float,
     potential: str | Callable = "diff",
     reward_on: str = "x0",
+    num_x0_samples: int = 4,
+    x0_std: float = 0.5,
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
     cond=None,
@@ -230,7 +217,8 @@ def fk_steer(
     x (N, *event) with N = B K and cond repeated per particle (or None). `schedule`: when to
     resample (`resampling.resampling_schedule`; default every step but the last). `resampler`:
     a name in `resampling.RESAMPLERS`. `reward_chunk`: evaluate the reward on this many particles
-    at a time (`chunked`). `drop_weights=True` reproduces the official FK code's
+    at a time (`chunked`). `num_x0_samples`, `x0_std`: the many-sample reward (`reward_on="many"`).
+    `drop_weights=True` reproduces the official FK code's
     bug (weights discarded when a scheduled step does not resample) and exists for the tests.
 
     Warns when a resampled population ends with identical particles: the solver is deterministic,
@@ -238,23 +226,17 @@ def fk_steer(
     """
     if not isinstance(solver, Solver):
         raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
-    check_grid(timesteps)
-    _checks.typed_key("key", key)
-    if jnp.ndim(x_T) < 3:
-        raise ValueError(f"x_T must have shape (B, K, *event), got shape {jnp.shape(x_T)}")
+    schedule = check_run(timesteps, key, x_T, schedule, resampler)
     if not callable(reward):
         raise ValueError(f"reward must be callable as reward(x, cond) -> (N,), got {reward!r}")
     if not (callable(potential) or potential in POTENTIALS):
         raise ValueError(f"potential must be one of {tuple(POTENTIALS)} or a callable, got {potential!r}")
     _checks.one_of("reward_on", reward_on, REWARD_ON)
-    _checks.one_of("resampler", resampler, tuple(resampling.RESAMPLERS))
+    num_x0_samples = _checks.positive_int("num_x0_samples", num_x0_samples)
+    x0_std = _checks.positive("x0_std", x0_std)
     lmbda = _checks.finite("lmbda", lmbda)
     if reward_chunk is not None:
         reward = chunked(reward, reward_chunk)
-    steps = jnp.shape(timesteps)[0] - 1
-    schedule = resampling.resampling_schedule(steps) if schedule is None else schedule
-    if len(schedule.steps) != steps:
-        raise ValueError(f"schedule must cover the grid's {steps} steps, got {len(schedule.steps)}")
     b, k = jnp.shape(x_T)[:2]
     if reward_chunk is not None and (b * k) % reward_chunk:
         raise ValueError(f"reward_chunk must divide the number of particles B*K={b * k}, got {reward_chunk}")
@@ -264,7 +246,8 @@ def fk_steer(
         denoiser = denoiser.replace(cond=cond)
     particles = _fk(
         solver, denoiser, reward, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]), cond,
-        jnp.asarray(lmbda, x_T.dtype), k, potential, reward_on, tuple(bool(s) for s in schedule.steps),
+        jnp.asarray(lmbda, x_T.dtype), jnp.asarray(x0_std, x_T.dtype), k, potential, reward_on, num_x0_samples,
+        tuple(bool(s) for s in schedule.steps),
         schedule.threshold, resampler, drop_weights,
     )  # fmt: skip
     if _checks.is_concrete(particles.x) and k > 1 and bool(jnp.any(particles.resampled)):
@@ -287,21 +270,3 @@ def importance_sample(solver: Solver, denoiser, timesteps, key, x_T, reward: Cal
     steps = jnp.shape(timesteps)[0] - 1
     never = resampling.Schedule(np.zeros(steps, bool), None)
     return fk_steer(solver, denoiser, timesteps, key, x_T, reward, lmbda=lmbda, schedule=never, cond=cond)
-
-
-def weighted(particles: Particles):
-    """All particles with their normalised weights: (x (B, K, *event), weights (B, K))."""
-    return particles.x, jnp.exp(particles.log_weights)
-
-
-def resampled(key, particles: Particles) -> jax.Array:
-    """One particle per condition drawn by weight, (B, *event): a sample of p_target."""
-    b = particles.x.shape[0]
-    pick = jax.vmap(lambda key, lw: jax.random.categorical(key, lw))(jax.random.split(key, b), particles.log_weights)
-    return particles.x[jnp.arange(b), pick]
-
-
-def best_of(particles: Particles) -> jax.Array:
-    """The particle with the highest final reward per condition, (B, *event): a search result,
-    not a sample of p_target (it ignores the weights)."""
-    return particles.x[jnp.arange(particles.x.shape[0]), jnp.argmax(particles.rewards, axis=1)]

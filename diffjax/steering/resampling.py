@@ -161,3 +161,35 @@ def maybe_resample(key, log_weights, scheduled, threshold, resampler=systematic)
         jnp.where(do, increment, 0.0),
         do,
     )
+
+
+class Step(NamedTuple):
+    """One reweighting step of B populations of K particles stored flat as N = B K."""
+
+    ancestors: jax.Array  # (N,) flat indices: particle j continues particle ancestors[j]
+    log_weights: jax.Array  # (N,) the log-weights carried on
+    log_z_increment: jax.Array  # (B,)
+    resampled: jax.Array  # (B,) bool
+    ess: jax.Array  # (B,) ESS of the weights before resampling
+    degenerate: jax.Array  # (B,) bool: every weight was -inf and the population was resampled uniformly
+    local_ancestors: jax.Array  # (B, K) int32 ancestors within each population
+
+
+def resample_flat(key, log_weights, num_particles: int, scheduled, threshold, resampler=systematic) -> Step:
+    """`maybe_resample` for each of the B = N / K populations in the flat (N,) `log_weights`, with
+    one key per population; the SMC samplers' shared reweight-and-resample step."""
+    k = num_particles
+    b = log_weights.shape[0] // k
+    per_population = log_weights.reshape(b, k)
+    out = jax.vmap(lambda key, lw: maybe_resample(key, lw, scheduled, threshold, resampler))(
+        jax.random.split(key, b), per_population
+    )
+    return Step(
+        ancestors=(out.ancestors + (jnp.arange(b) * k)[:, None]).reshape(b * k),
+        log_weights=out.log_weights.reshape(b * k),
+        log_z_increment=out.log_z_increment,
+        resampled=out.resampled,
+        ess=ess(per_population),
+        degenerate=normalise(per_population).degenerate & out.resampled,
+        local_ancestors=out.ancestors,
+    )
