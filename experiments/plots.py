@@ -1,4 +1,5 @@
-"""Figures the experiments write: sample grids (or 2-D scatter plots) and loss curves, as PNG."""
+"""Figures the experiments write: sample grids (or 2-D scatter plots), loss curves and steering
+scaling curves, as PNG."""
 
 import matplotlib
 
@@ -35,5 +36,23 @@ def save_loss_curve(path, rows):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set(xlabel="step", ylabel="loss")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_scaling(path, rows, exact):
+    """Reward and hit rate against the number of particles, one line per method from the unsteered
+    K = 1 row, with the exact target's values dashed when known."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    base = next(r for r in rows if r["method"] == "unsteered")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "unsteered"):
+        mine = [base] + [r for r in rows if r["method"] == method]
+        for ax, key in zip(axes, ("reward", "hit")):
+            ax.plot([r["K"] for r in mine], [r[key] for r in mine], marker="o", label=method)
+    for ax, key in zip(axes, ("reward", "hit")):
+        if exact is not None:
+            ax.axhline(exact[key], color="k", linestyle="--", label="exact target")
+        ax.set(xscale="log", xlabel="particles K (NFE = K x steps)", ylabel=key)
+    axes[0].legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -34,3 +34,22 @@ def test_sample_experiment_rejects_an_unknown_solver():
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}
     )
     assert out.returncode != 0 and "config.solvers must name one of" in out.stderr
+
+
+def test_steer_experiment_on_the_toy_reaches_towards_the_exact_target(tmp_path):
+    # ring oracle, r = -|x - (2, 0)|^2 / 2, lambda 2: the tilted target puts 0.837 of its mass on
+    # mode 0 (the exact row, 20000 draws); eight particles already move FK from 1/8 most of the way
+    cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:toy", "--config.num_conditions=256",
+           "--config.particles=(1, 8)", "--config.steps=10", f"--workdir={tmp_path}"]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["method"], r["K"]): r for r in results["rows"]}
+    assert set(rows) == {("unsteered", 1), ("fk", 8), ("tds", 8), ("importance", 8), ("best_of_n", 8)}
+    assert rows["unsteered", 1]["nfe"] == 10 and rows["fk", 8]["nfe"] == rows["best_of_n", 8]["nfe"] == 80
+    assert abs(results["exact_target"]["hit"] - 0.8368) < 5 * (0.8368 * 0.1632 / 20_000) ** 0.5
+    assert rows["unsteered", 1]["hit"] < 0.25 and rows["fk", 8]["hit"] > 0.6, rows
+    for name in ("scaling.png", "samples_K1.png", "samples_fk.png", "samples_tds.png"):
+        assert (tmp_path / name).exists()

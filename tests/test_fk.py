@@ -46,6 +46,16 @@ def tilted(kind="linear"):
     return dj.data.GaussianMixture(np.exp(log_terms - log_z), means, np.sqrt(post_var)), log_z
 
 
+def test_the_oracle_tilts_like_the_closed_forms_here():
+    gmm = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES)
+    for kind, (mixture, log_z) in [("linear", gmm.tilted_linear(A, LMBDA)),
+                                   ("quadratic", gmm.tilted_quadratic(CENTER, PRECISION, LMBDA))]:  # fmt: skip
+        target, expected = tilted(kind)
+        for got, want in zip(jax.tree.leaves(mixture), jax.tree.leaves(target)):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        np.testing.assert_allclose(log_z, expected, rtol=1e-12)
+
+
 reward = dj.steering.rewards.linear(A)
 REWARDS = {"linear": reward, "quadratic": dj.steering.rewards.quadratic(CENTER, PRECISION)}
 

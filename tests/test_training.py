@@ -84,11 +84,19 @@ def test_digits_unet_loss_falls(digits_run):
     assert np.all(np.diff(np.convolve(losses, np.ones(3) / 3, "valid")) < 0.05), losses
 
 
-def test_digits_classifier_learns_and_scores_samples_of_a_trained_model(digits_run, tmp_path):
-    # The classifier: 300 steps on the 80% training split; measured 0.986 accuracy on the held-out 20%.
-    classifier = tmp_path / "classifier"
-    final = _train(classifier, "--config.optim.total_steps=300", "--config.checkpoint_every=300",
-                   config="configs/classifier.py:digits")  # fmt: skip
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    """A clean digits classifier: 300 steps on the 80% training split."""
+    workdir = tmp_path_factory.mktemp("digits_classifier")
+    _train(workdir, "--config.optim.total_steps=300", "--config.checkpoint_every=300",
+           config="configs/classifier.py:digits")  # fmt: skip
+    return workdir
+
+
+def test_digits_classifier_learns_and_scores_samples_of_a_trained_model(digits_run, digits_classifier, tmp_path):
+    # measured 0.986 accuracy on the held-out 20%
+    classifier = digits_classifier
+    final = json.loads((classifier / "final.json").read_text())
     assert final["held_out_accuracy"] > 0.95 and final["held_out_size"] == 359, final
     evaluation = tmp_path / "eval"
     cmd = [sys.executable, "experiments/sample.py", "--config=configs/sample.py", f"--config.run={digits_run}",
@@ -107,6 +115,20 @@ def test_digits_classifier_learns_and_scores_samples_of_a_trained_model(digits_r
     assert all(r["fid"] > results["floor"]["fid"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows), results
     assert rows[0]["fid"] != rows[1]["fid"]  # guidance changes the samples
     assert (evaluation / "samples_guidance_1.png").exists() and (evaluation / "samples_guidance_4.png").exists()
+
+
+def test_steer_experiment_steers_a_trained_digits_model_with_its_classifier(digits_run, digits_classifier, tmp_path):
+    # the unconditional (null-label) model steered to digit 3 by the classifier's log-probability
+    cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:digits", f"--config.run={digits_run}",
+           f"--config.classifier_run={digits_classifier}", "--config.num_conditions=16", "--config.particles=(1, 4)",
+           "--config.steps=4", "--config.methods=('fk', 'tds', 'best_of_n')", f"--workdir={tmp_path}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["fk"]["nfe"] == rows["best_of_n"]["nfe"] == 16 and rows["tds"]["nfe"] == 20
+    assert rows["best_of_n"]["reward"] > rows["unsteered"]["reward"], rows  # the best of 4 beats one draw
+    assert all(0 <= r["hit"] <= 1 and r["diversity"] > 0 for r in rows.values()), rows
+    assert (tmp_path / "samples_fk.png").exists() and (tmp_path / "scaling.png").exists()
 
 
 SMALL_IMAGE_RUNS = {  # config -> overrides that keep a 2-step run small

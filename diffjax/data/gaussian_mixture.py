@@ -141,6 +141,30 @@ class GaussianMixture:
 
         return Solver(single_step_init, step)
 
+    # --- exactly tilted mixtures: the targets of steering ----------------------------------------
+
+    def tilted_linear(self, direction, lmbda: float):
+        """p(x) exp(lmbda a.x) / Z and log Z: component k moves to m_k + lmbda s_k^2 a with weight
+        propto w_k exp(lmbda a.m_k + lmbda^2 a.diag(s_k^2) a / 2)."""
+        a, var = jnp.asarray(direction, self.means.dtype), self.scales**2
+        log_terms = jnp.log(self.weights) + lmbda * self.means @ a + 0.5 * lmbda**2 * (var * a**2).sum(1)
+        return self._reweighted(log_terms, self.means + lmbda * var * a, self.scales)
+
+    def tilted_quadratic(self, center, precision, lmbda: float):
+        """p(x) exp(-lmbda/2 sum_d q_d (x_d - c_d)^2) / Z and log Z: per component and coordinate a
+        Gaussian product with precision 1/s^2 + lmbda q, mean (m/s^2 + lmbda q c) / precision and mass
+        (1 + lmbda q s^2)^(-1/2) exp(-lmbda q (m - c)^2 / (2 (1 + lmbda q s^2)))."""
+        c, lq = jnp.asarray(center, self.means.dtype), lmbda * jnp.asarray(precision, self.means.dtype)
+        var = self.scales**2
+        log_mass = -0.5 * jnp.log1p(lq * var) - 0.5 * lq * (self.means - c) ** 2 / (1 + lq * var)
+        post_var = var / (1 + lq * var)
+        means = post_var * (self.means / var + lq * c)
+        return self._reweighted(jnp.log(self.weights) + log_mass.sum(1), means, jnp.sqrt(post_var))
+
+    def _reweighted(self, log_terms, means, scales):
+        log_z = jax.nn.logsumexp(log_terms)
+        return GaussianMixture(np.exp(np.asarray(log_terms - log_z)), np.asarray(means), np.asarray(scales)), log_z
+
     def pf_ode(self, x, schedule: Schedule, t, t_next, *, rtol: float = 1e-10, atol: float = 1e-10):
         """Solve the probability-flow ODE from time t to t_next with diffrax (Dopri8, PID control).
 

@@ -1,0 +1,183 @@
+r"""Steer a sampler with a reward: FK steering, TDS, importance sampling and best-of-N against the
+number of particles K, at equal NFE per output (K particles x steps).
+
+For every method and K, B independent populations (`config.num_conditions`) each give one output:
+a resampled particle (FK, TDS, importance sampling: samples of p(x) exp(lambda r(x)) / Z) or the
+highest-reward particle (best-of-N: a search result, not a sample). The table reports the outputs'
+mean reward, the fraction that hit the target, their diversity (mean pairwise distance: points for
+the toy, classifier features for images when a classifier run is given, else pixels), network
+evaluations per output (TDS adds one backward pass to each) and seconds per batch after a
+compiling run. Writes results.json, scaling.png (reward and hit rate against K) and the outputs of
+the largest K per method (samples_<method>.png) next to unsteered samples (samples_K1.png).
+
+    python experiments/steer.py --config=configs/steer.py:toy --workdir=runs/steer_toy
+"""
+
+import json
+import os
+import time
+
+import builders
+import jax
+import jax.numpy as jnp
+import numpy as np
+import plots
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import diffjax as dj
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/steer.py", "steering config", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and the figures")
+
+METHODS = ("fk", "tds", "importance", "best_of_n")
+
+
+class Task:
+    """What a method needs: denoiser, schedule, event shape, condition, reward, and how to score outputs."""
+
+    def __init__(self, denoiser, schedule, event, cond, reward, hit, features, exact=None):
+        self.denoiser, self.schedule, self.event, self.cond = denoiser, schedule, event, cond
+        self.reward, self.hit, self.features, self.exact = reward, hit, features, exact
+
+
+def toy_task(config):
+    gmm = dj.data.ring()
+    sched = dj.specs.parse("config.schedule", config.schedule, dj.schedules.REGISTRY)()
+    spec = dj.specs.parse("config.reward", config.reward, {"linear": dj.steering.rewards.linear,
+                                                           "quadratic": dj.steering.rewards.quadratic})  # fmt: skip
+    reward = spec()
+    tilt = gmm.tilted_quadratic if spec.func is dj.steering.rewards.quadratic else gmm.tilted_linear
+    tilted, _ = tilt(**spec.keywords, lmbda=config.lmbda)
+    favourite = int(jnp.argmax(tilted.weights))
+
+    def hit(x):
+        return np.asarray(jnp.argmax(gmm.posterior(jnp.asarray(x), sched, 0.0), -1) == favourite)
+
+    exact = tilted.sample(jax.random.key(config.seed + 7), 20_000)
+    return Task(gmm.denoiser(sched), sched, (2,), None, reward, hit, lambda x: np.asarray(x), exact)
+
+
+def image_task(config):
+    run = builders.restore_run(config.run)
+    params = run.state.ema_params if config.use_ema else run.state.params
+    den = dj.Denoiser(dj.models.apply_fn(run.module), params, schedule=run.schedule,
+                      prediction=run.config.loss.prediction)  # fmt: skip
+    num_classes = run.data.num_classes
+    cond = None if num_classes is None else jnp.full((config.num_conditions,), num_classes, jnp.int32)  # null label
+    judge = None
+    if config.classifier_run:
+        classifier = builders.restore_run(config.classifier_run, "config.classifier_run")
+        module, c_params = classifier.module, classifier.state.ema_params
+        judge = builders.classifier_apply(module, c_params)
+
+        def logits_fn(x):
+            return module.apply(c_params, x.astype(jnp.float32)).logits
+
+    def class_reward(target: int):
+        if judge is None:
+            raise ValueError(f"config.reward={config.reward!r} needs config.classifier_run")
+        return dj.steering.rewards.class_log_prob(logits_fn, target=target)
+
+    spec = dj.specs.parse("config.reward", config.reward, {"classifier": class_reward,
+                                                           "colour": dj.steering.rewards.colour_fraction})  # fmt: skip
+    reward = spec()
+    if spec.func is class_reward:
+        target = spec.keywords["target"]
+        hit = lambda x: judge(x).logits.argmax(-1) == target  # noqa: E731
+    else:
+        hit = lambda x: np.asarray(reward(jnp.asarray(x))) > config.hit_threshold  # noqa: E731
+    features = (lambda x: judge(x).features) if judge is not None else (lambda x: np.asarray(x).reshape(len(x), -1))
+    return Task(den, run.schedule, run.data.example.shape[1:], cond, reward, hit, features)
+
+
+def diversity(features) -> float:
+    """Mean Euclidean distance between two different outputs."""
+    f = np.asarray(features, np.float64)
+    sq = np.sum(f**2, 1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * f @ f.T, 0.0)
+    n = len(f)
+    return float(np.sqrt(d2).sum() / (n * (n - 1)))
+
+
+def steer(method, task, config, solver, schedule, ts, key, x_T):
+    """One batch of outputs (B, *event) and the network evaluations each cost."""
+    reward, den, lmbda = task.reward, task.denoiser, config.lmbda
+    key_run, key_pick = jax.random.split(key)
+    if method == "tds":
+        p = dj.steering.tds(den, ts, key_run, x_T, dj.steering.reward_twist(reward, lmbda), cond=task.cond)
+    elif method == "fk":
+        p = dj.steering.fk_steer(solver, den, ts, key_run, x_T, reward, lmbda=lmbda, potential=config.potential,
+                                 reward_on=config.reward_on, schedule=schedule, cond=task.cond)  # fmt: skip
+    else:
+        p = dj.steering.importance_sample(solver, den, ts, key_run, x_T, reward, lmbda=lmbda, cond=task.cond)
+    x = dj.steering.best_of(p) if method == "best_of_n" else dj.steering.resampled(key_pick, p)
+    return x, int(p.nfe) * x_T.shape[1]
+
+
+def score(task, x, diversity_of: int | None = None):
+    """Mean reward and hit rate of the outputs x, and the diversity of the first `diversity_of`."""
+    r = np.asarray(task.reward(jnp.asarray(x), None))
+    spread = diversity(task.features(x[:diversity_of]))
+    return {"reward": float(r.mean()), "hit": float(np.mean(task.hit(x))), "diversity": spread}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    methods = tuple(config.methods)
+    for m in methods:
+        dj._checks.one_of("config.methods", m, METHODS)
+    particles = [dj._checks.positive_int("config.particles", k) for k in config.particles]
+    b = dj._checks.positive_int("config.num_conditions", config.num_conditions)
+    steps = dj._checks.positive_int("config.steps", config.steps)
+    lmbda = dj._checks.finite("config.lmbda", config.lmbda)
+    threshold = dj._checks.in_range("config.ess_threshold", config.ess_threshold, 0.0, 1.0)
+    solver = dj.specs.parse("config.solver", config.solver, dj.solvers.REGISTRY)()
+    grid = dj.specs.parse("config.grid", config.grid, dj.timesteps.REGISTRY)
+    task = toy_task(config) if config.task == "toy" else image_task(config)
+    ts = grid(task.schedule, steps)
+    schedule = dj.steering.resampling_schedule(steps, start=config.resample_start, interval=config.resample_interval,
+                                               threshold=threshold or None)  # fmt: skip
+
+    rows, outputs = [], {}
+    for k in particles:
+        x_T = dj.prior_sample(jax.random.key(config.seed), task.schedule, ts, (b, k) + tuple(task.event))
+        for method in methods if k > 1 else ("importance",):  # K = 1: plain sampling
+            args = (method, task, config, solver, schedule, ts, jax.random.key(config.seed + 1), x_T)
+            jax.block_until_ready(steer(*args)[0])  # compiles
+            start = time.perf_counter()
+            x, nfe = steer(*args)
+            x = np.asarray(jax.block_until_ready(x))
+            seconds = time.perf_counter() - start
+            name = method if k > 1 else "unsteered"
+            rows.append({"method": name, "K": k, "nfe": nfe, "grad": method == "tds" and k > 1, **score(task, x),
+                         "seconds": seconds})  # fmt: skip
+            outputs[name] = x
+    exact = None if task.exact is None else score(task, task.exact, diversity_of=b)
+
+    print(f"\n{config.task}: reward {config.reward}, lambda {lmbda:g}, {steps} steps, {b} outputs per row")
+    header = f"{'method':<12}{'K':>4}{'NFE':>6}{'reward':>10}{'hit':>8}{'diversity':>11}{'seconds':>9}"
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        nfe = f"{r['nfe']}{'+g' if r['grad'] else ''}"
+        print(f"{r['method']:<12}{r['K']:>4}{nfe:>6}{r['reward']:>10.4f}{r['hit']:>8.3f}{r['diversity']:>11.3f}"
+              f"{r['seconds']:>9.3f}")  # fmt: skip
+    if exact is not None:
+        print(f"{'exact target':<22}{exact['reward']:>10.4f}{exact['hit']:>8.3f}{exact['diversity']:>11.3f}")
+    print("(+g: each network evaluation also has a backward pass)")
+
+    if _WORKDIR.value:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        with open(os.path.join(_WORKDIR.value, "results.json"), "w") as f:
+            json.dump({"config": config.to_dict(), "rows": rows, "exact_target": exact}, f, indent=2)
+        plots.save_scaling(os.path.join(_WORKDIR.value, "scaling.png"), rows, exact)
+        for name, x in outputs.items():
+            title = f"{name}, K = {particles[-1] if name != 'unsteered' else 1}"
+            file = "samples_K1.png" if name == "unsteered" else f"samples_{name}.png"
+            plots.save_samples(os.path.join(_WORKDIR.value, file), x[:256] if x.ndim > 2 else x, title)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=builders.parse_flags)
