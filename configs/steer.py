@@ -37,7 +37,7 @@ def get_config(arg: str = "toy"):
     c.grid = "logsnr_uniform"
     c.steps = 25
     c.num_conditions = 512  # independent populations; one output each
-    c.hit_threshold = 0.0  # colour rewards: a hit paints more than this fraction
+    c.hit_threshold = 0.05  # colour rewards: a hit paints more than this fraction of the image
     if arg == "toy":
         c.reward = "quadratic(center=(2.0, 0.0), precision=1.0)"
         c.schedule = "vp_linear"
