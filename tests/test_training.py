@@ -146,6 +146,14 @@ def test_every_image_config_builds_and_trains(tmp_path, config):
                    "--config.checkpoint_every=2", "--config.log_every=1", *SMALL_IMAGE_RUNS[config], *sampling,
                    config=config)  # fmt: skip
     assert final["step"] == 2 and np.all(np.isfinite(_losses(tmp_path)))
+    if config.endswith("shapes_unet"):  # the attribute reward on procedural images, through steer.py
+        cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:shapes", f"--config.run={tmp_path}",
+               "--config.reward=colour(colour='red')", "--config.num_conditions=2", "--config.particles=(1, 2)",
+               "--config.steps=2", "--config.methods=('fk',)", f"--workdir={tmp_path / 'steer'}"]  # fmt: skip
+        out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-4000:]
+        rows = json.loads((tmp_path / "steer" / "results.json").read_text())["rows"]
+        assert [(r["method"], r["K"], r["nfe"]) for r in rows] == [("unsteered", 1, 2), ("fk", 2, 4)]
 
 
 @pytest.mark.parametrize(
