@@ -40,19 +40,19 @@ def save_loss_curve(path, rows):
     plt.close(fig)
 
 
-def save_scaling(path, rows, exact):
-    """Reward and hit rate against the number of particles, one line per method from the unsteered
-    K = 1 row, with the exact target's values dashed when known."""
+def save_scaling(path, rows, *, x, xlabel, baseline, exact=None):
+    """Reward and hit rate against `x` (a row key: "K", "nfe"), one line per method starting from the
+    `baseline` method's row, with the exact target's values dashed when known."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    base = next(r for r in rows if r["method"] == "unsteered")
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "unsteered"):
+    base = next(r for r in rows if r["method"] == baseline)
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != baseline):
         mine = [base] + [r for r in rows if r["method"] == method]
         for ax, key in zip(axes, ("reward", "hit")):
-            ax.plot([r["K"] for r in mine], [r[key] for r in mine], marker="o", label=method)
+            ax.plot([r[x] for r in mine], [r[key] for r in mine], marker="o", label=method)
     for ax, key in zip(axes, ("reward", "hit")):
         if exact is not None:
             ax.axhline(exact[key], color="k", linestyle="--", label="exact target")
-        ax.set(xscale="log", xlabel="particles K (NFE = K x steps)", ylabel=key)
+        ax.set(xscale="log", xlabel=xlabel, ylabel=key)
     axes[0].legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -19,9 +19,9 @@ import time
 
 import builders
 import jax
-import jax.numpy as jnp
 import numpy as np
 import plots
+import tasks
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,73 +31,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/steer.py", "steerin
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and the figures")
 
 METHODS = ("fk", "tds", "importance", "best_of_n")
-
-
-class Task:
-    """What a method needs: denoiser, schedule, event shape, condition, reward, and how to score outputs."""
-
-    def __init__(self, denoiser, schedule, event, cond, reward, hit, features, exact=None):
-        self.denoiser, self.schedule, self.event, self.cond = denoiser, schedule, event, cond
-        self.reward, self.hit, self.features, self.exact = reward, hit, features, exact
-
-
-def toy_task(config):
-    gmm = dj.data.ring()
-    sched = dj.specs.parse("config.schedule", config.schedule, dj.schedules.REGISTRY)()
-    spec = dj.specs.parse("config.reward", config.reward, {"linear": dj.steering.rewards.linear,
-                                                           "quadratic": dj.steering.rewards.quadratic})  # fmt: skip
-    reward = spec()
-    tilt = gmm.tilted_quadratic if spec.func is dj.steering.rewards.quadratic else gmm.tilted_linear
-    tilted, _ = tilt(**spec.keywords, lmbda=config.lmbda)
-    favourite = int(jnp.argmax(tilted.weights))
-
-    def hit(x):
-        return np.asarray(jnp.argmax(gmm.posterior(jnp.asarray(x), sched, 0.0), -1) == favourite)
-
-    exact = tilted.sample(jax.random.key(config.seed + 7), 20_000)
-    return Task(gmm.denoiser(sched), sched, (2,), None, reward, hit, lambda x: np.asarray(x), exact)
-
-
-def image_task(config):
-    run = builders.restore_run(config.run)
-    params = run.state.ema_params if config.use_ema else run.state.params
-    den = dj.Denoiser(dj.models.apply_fn(run.module), params, schedule=run.schedule,
-                      prediction=run.config.loss.prediction)  # fmt: skip
-    num_classes = run.data.num_classes
-    cond = None if num_classes is None else jnp.full((config.num_conditions,), num_classes, jnp.int32)  # null label
-    judge = None
-    if config.classifier_run:
-        classifier = builders.restore_run(config.classifier_run, "config.classifier_run")
-        module, c_params = classifier.module, classifier.state.ema_params
-        judge = builders.classifier_apply(module, c_params)
-
-        def logits_fn(x):
-            return module.apply(c_params, x.astype(jnp.float32)).logits
-
-    def class_reward(target: int):
-        if judge is None:
-            raise ValueError(f"config.reward={config.reward!r} needs config.classifier_run")
-        return dj.steering.rewards.class_log_prob(logits_fn, target=target)
-
-    spec = dj.specs.parse("config.reward", config.reward, {"classifier": class_reward,
-                                                           "colour": dj.steering.rewards.colour_fraction})  # fmt: skip
-    reward = spec()
-    if spec.func is class_reward:
-        target = spec.keywords["target"]
-        hit = lambda x: judge(x).logits.argmax(-1) == target  # noqa: E731
-    else:
-        hit = lambda x: np.asarray(reward(jnp.asarray(x))) > config.hit_threshold  # noqa: E731
-    features = (lambda x: judge(x).features) if judge is not None else (lambda x: np.asarray(x).reshape(len(x), -1))
-    return Task(den, run.schedule, run.data.example.shape[1:], cond, reward, hit, features)
-
-
-def diversity(features) -> float:
-    """Mean Euclidean distance between two different outputs."""
-    f = np.asarray(features, np.float64)
-    sq = np.sum(f**2, 1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * f @ f.T, 0.0)
-    n = len(f)
-    return float(np.sqrt(d2).sum() / (n * (n - 1)))
 
 
 def steer(method, task, config, solver, schedule, ts, key, x_T):
@@ -115,13 +48,6 @@ def steer(method, task, config, solver, schedule, ts, key, x_T):
     return x, int(p.nfe) * x_T.shape[1]
 
 
-def score(task, x, diversity_of: int | None = None):
-    """Mean reward and hit rate of the outputs x, and the diversity of the first `diversity_of`."""
-    r = np.asarray(task.reward(jnp.asarray(x), None))
-    spread = diversity(task.features(x[:diversity_of]))
-    return {"reward": float(r.mean()), "hit": float(np.mean(task.hit(x))), "diversity": spread}
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -136,7 +62,7 @@ def main(argv):
     threshold = dj._checks.in_range("config.ess_threshold", config.ess_threshold, 0.0, 1.0)
     solver = dj.specs.parse("config.solver", config.solver, dj.solvers.REGISTRY)()
     grid = dj.specs.parse("config.grid", config.grid, dj.timesteps.REGISTRY)
-    task = toy_task(config) if config.task == "toy" else image_task(config)
+    task = tasks.build(config)
     ts = grid(task.schedule, steps)
     schedule = dj.steering.resampling_schedule(steps, start=config.resample_start, interval=config.resample_interval,
                                                threshold=threshold or None)  # fmt: skip
@@ -152,10 +78,10 @@ def main(argv):
             x = np.asarray(jax.block_until_ready(x))
             seconds = time.perf_counter() - start
             name = method if k > 1 else "unsteered"
-            rows.append({"method": name, "K": k, "nfe": nfe, "grad": method == "tds" and k > 1, **score(task, x),
+            rows.append({"method": name, "K": k, "nfe": nfe, "grad": method == "tds" and k > 1, **tasks.score(task, x),
                          "seconds": seconds})  # fmt: skip
             outputs[name] = x
-    exact = None if task.exact is None else score(task, task.exact, diversity_of=b)
+    exact = None if task.exact is None else tasks.score(task, task.exact, diversity_of=b)
 
     print(f"\n{config.task}: reward {config.reward}, lambda {lmbda:g}, {steps} steps, {b} outputs per row")
     header = f"{'method':<12}{'K':>4}{'NFE':>6}{'reward':>10}{'hit':>8}{'diversity':>11}{'seconds':>9}"
@@ -172,7 +98,14 @@ def main(argv):
         os.makedirs(_WORKDIR.value, exist_ok=True)
         with open(os.path.join(_WORKDIR.value, "results.json"), "w") as f:
             json.dump({"config": config.to_dict(), "rows": rows, "exact_target": exact}, f, indent=2)
-        plots.save_scaling(os.path.join(_WORKDIR.value, "scaling.png"), rows, exact)
+        plots.save_scaling(
+            os.path.join(_WORKDIR.value, "scaling.png"),
+            rows,
+            x="K",
+            xlabel="particles K (NFE = K x steps)",
+            baseline="unsteered",
+            exact=exact,
+        )
         for name, x in outputs.items():
             title = f"{name}, K = {particles[-1] if name != 'unsteered' else 1}"
             file = "samples_K1.png" if name == "unsteered" else f"samples_{name}.png"

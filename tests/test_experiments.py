@@ -8,9 +8,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run(*args):
+    """An experiment run in a subprocess on the CPU."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+
+
 def test_sample_experiment_prints_the_table_and_writes_results(tmp_path):
     cmd = [
-        sys.executable,
         "experiments/sample.py",
         "--config=configs/gmm.py:blobs",
         "--config.num_samples=300",
@@ -18,9 +23,7 @@ def test_sample_experiment_prints_the_table_and_writes_results(tmp_path):
         "--config.solvers=('ddim', 'euler')",
         f"--workdir={tmp_path}",
     ]
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}
-    )
+    out = _run(*cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "exact reverse kernel" in out.stdout and "PF-ODE RMSE" in out.stdout
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -29,21 +32,17 @@ def test_sample_experiment_prints_the_table_and_writes_results(tmp_path):
 
 
 def test_sample_experiment_rejects_an_unknown_solver():
-    cmd = [sys.executable, "experiments/sample.py", "--config=configs/gmm.py", "--config.solvers=('dpm_9000',)"]
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}
-    )
+    cmd = ["experiments/sample.py", "--config=configs/gmm.py", "--config.solvers=('dpm_9000',)"]
+    out = _run(*cmd)
     assert out.returncode != 0 and "config.solvers must name one of" in out.stderr
 
 
 def test_steer_experiment_on_the_toy_reaches_towards_the_exact_target(tmp_path):
     # ring oracle, r = -|x - (2, 0)|^2 / 2, lambda 2: the tilted target puts 0.837 of its mass on
     # mode 0 (the exact row, 20000 draws); eight particles already move FK from 1/8 most of the way
-    cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:toy", "--config.num_conditions=256",
+    cmd = ["experiments/steer.py", "--config=configs/steer.py:toy", "--config.num_conditions=256",
            "--config.particles=(1, 8)", "--config.steps=10", f"--workdir={tmp_path}"]  # fmt: skip
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}
-    )
+    out = _run(*cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["method"], r["K"]): r for r in results["rows"]}
@@ -53,3 +52,17 @@ def test_steer_experiment_on_the_toy_reaches_towards_the_exact_target(tmp_path):
     assert rows["unsteered", 1]["hit"] < 0.25 and rows["fk", 8]["hit"] > 0.6, rows
     for name in ("scaling.png", "samples_K1.png", "samples_fk.png", "samples_tds.png"):
         assert (tmp_path / name).exists()
+
+
+def test_search_experiment_spends_the_budgets_it_reports(tmp_path):
+    # budgets 1 and 4 on 6 steps: plain 6 NFE; random 4 x 6; zero-order 1 round of pivot + 3
+    # neighbours; paths 2 paths x 3 steps then 4 branches per phase; FK 4 particles x 6 steps
+    cmd = ["experiments/search.py", "--config=configs/search.py:toy", "--config.num_conditions=64",
+           "--config.budgets=(1, 4)", "--config.steps=6", f"--workdir={tmp_path}"]  # fmt: skip
+    out = _run(*cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert {m: rows[m]["nfe"] for m in ("plain", "random", "zero_order", "fk")} == {
+        "plain": 6, "random": 24, "zero_order": 24, "fk": 24}  # fmt: skip
+    assert rows["paths"]["nfe"] > 6 and rows["random"]["reward"] > rows["plain"]["reward"]
+    assert (tmp_path / "scaling.png").exists()

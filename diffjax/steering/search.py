@@ -1,0 +1,331 @@
+r"""Inference-time search over noises and paths (Ma et al. 2025, "Inference-Time Scaling for
+Diffusion Models beyond Scaling Denoising Steps"; per-step noise search as Ramesh & Mardani 2025).
+
+Each search spends network evaluations to find, per condition, the sample a verifier scores best;
+its output is a search result, not a sample of a distribution. Every search is compiled, works on B
+conditions at once, and returns a `SearchResult` with the NFE spent per condition, the best score
+after each round and what it chose, so a result can be reproduced:
+
+- `random_search`: best-of-N over the initial noise z ~ N(0, I) (or over a golden-seed bank);
+- `zero_order_search`: a pivot noise and neighbours n' = |n| (c u + sqrt(1 - c^2) w), u = n/|n|,
+  w a random unit vector orthogonal to u, so |n'| = |n| and cos(n', n) = c; each round scores the
+  pivot and its neighbours and the pivot moves only to a better neighbour;
+- `path_search`: N paths run to a grid index; then, repeatedly, M branches per path are noised
+  forward exactly by `forward` steps and solved back by `backward` steps, scored on x0-hat, and the
+  best N kept; at the end the best path is returned;
+- `noise_search`: at each DDIM(eta) step, C candidates for the injected noise, each scored on the
+  next x0-hat (the network call the next step needs anyway), the best kept.
+
+`Generator`s map noise to samples: `ode_generator(solver, den, ts)` for a deterministic solver
+(the initial noise is then the whole randomness), `identity_generator` for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax import _checks
+from diffjax.denoiser import broadcast_to_x
+from diffjax.sampling import check_grid, sample
+from diffjax.solvers.base import Solver, noise_like
+
+
+class Generator(NamedTuple):
+    """`fn(z, cond) -> (x, nfe)`: samples (N, *event) from standard-normal noise z (N, *event), and
+    the network evaluations each sample cost; deterministic in z."""
+
+    fn: Callable
+
+
+class SearchResult(NamedTuple):
+    x: jax.Array  # (B, *event) the best sample per condition
+    score: jax.Array  # (B,) its verifier score
+    noise: jax.Array  # (B, *event) the noise it came from (path_search: its path's start)
+    trace: jax.Array  # (rounds, B) the best score after each round
+    nfe: jax.Array  # network evaluations spent per condition
+    choices: jax.Array  # what was kept: per round, the candidate index (B,) or kept branches (B, N)
+
+
+def ode_generator(solver: Solver, denoiser, timesteps) -> Generator:
+    """`sample(solver, denoiser, timesteps, ., sigma_T z)` with a fixed key: use a deterministic
+    solver, so that the noise z is all the randomness. Build it once and reuse it: searches compile
+    once per generator (its denoiser's parameters become constants of the compiled search)."""
+    grid = jnp.asarray(timesteps)
+    check_grid(grid)
+    sigma_T = denoiser.schedule.sigma(grid[0])
+
+    def fn(z, cond):
+        x, info = sample(solver, denoiser, grid, jax.random.key(0), sigma_T * z, cond=cond)
+        return x, info.nfe
+
+    return Generator(fn)
+
+
+def _identity(z, cond):
+    del cond
+    return z, jnp.int32(0)
+
+
+identity_generator = Generator(_identity)
+
+
+def _repeat(cond, n):
+    return None if cond is None else jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), n, axis=0), cond)
+
+
+def _scores(verifier, x, cond):
+    s = verifier(x, cond)
+    return jnp.where(jnp.isfinite(s), s, -jnp.inf)
+
+
+def _evaluate(generator, verifier, z, cond):
+    """Samples and scores of candidates z (B, N, *event): ((B, N, *event), (B, N), nfe per sample)."""
+    b, n = z.shape[:2]
+    flat = z.reshape((b * n,) + z.shape[2:])
+    c = _repeat(cond, n)
+    x, nfe = generator.fn(flat, c)
+    return x.reshape(z.shape[:2] + x.shape[1:]), _scores(verifier, x, c).reshape(b, n), jnp.asarray(nfe, jnp.int32)
+
+
+def _pick(a, index):
+    """a (B, N, ...) at index (B,) -> (B, ...)."""
+    return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 1)), axis=1)[:, 0]
+
+
+def _check_common(generator, verifier, key, shape):
+    if not isinstance(generator, Generator):
+        raise ValueError(f"generator must be a search.Generator, got {generator!r}")
+    if not callable(verifier):
+        raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
+    _checks.typed_key("key", key)
+    if len(shape) < 2 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+        raise ValueError(f"shape must be (B, *event) with positive ints, got {shape!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "verifier", "shape", "num_candidates", "rounds"))
+def _random_search(generator, verifier, key, shape, num_candidates, rounds, cond, bank_noise):
+    b, event = shape[0], shape[1:]
+
+    def round_(best, r):
+        if bank_noise is None:
+            z = jax.random.normal(jax.random.fold_in(key, r), (b, num_candidates) + event)
+        else:
+            start = r * num_candidates
+            z = jnp.broadcast_to(jax.lax.dynamic_slice_in_dim(bank_noise, start, num_candidates)[None],
+                                 (b, num_candidates) + event)  # fmt: skip
+        x, s, nfe = _evaluate(generator, verifier, z, cond)
+        i = jnp.argmax(s, axis=1)
+        better = _pick(s, i) > best[1]
+        keep = lambda new, old: jnp.where(broadcast_to_x(better, new), new, old)  # noqa: E731
+        best = (keep(_pick(x, i), best[0]), keep(_pick(s, i), best[1]), keep(_pick(z, i), best[2]), nfe)
+        return best, (best[1], i + r * num_candidates)
+
+    dtype = jnp.result_type(float)
+    init = (jnp.zeros(shape, dtype), jnp.full(b, -jnp.inf, dtype), jnp.zeros(shape, dtype), jnp.int32(0))
+    (x, score, noise, nfe), (trace, chosen) = jax.lax.scan(round_, init, jnp.arange(rounds))
+    return SearchResult(x, score, noise, trace, rounds * num_candidates * nfe, chosen)
+
+
+def random_search(generator: Generator, verifier: Callable, key, shape, *, num_candidates: int, rounds: int = 1,
+                  cond=None, seed_bank=None) -> SearchResult:  # fmt: skip
+    """Best of `rounds` x `num_candidates` initial noises per condition; shape = (B, *event).
+    `seed_bank` (a `seeds.SeedBank`): the candidates are its best seeds, in rank order, the same
+    for every condition, instead of fresh noise. `choices` holds the winning candidate's index
+    (among rounds x num_candidates) per round."""
+    _check_common(generator, verifier, key, shape)
+    num_candidates = _checks.positive_int("num_candidates", num_candidates)
+    rounds = _checks.positive_int("rounds", rounds)
+    bank_noise = None
+    if seed_bank is not None:
+        needed = rounds * num_candidates
+        if len(seed_bank.seeds) < needed:
+            raise ValueError(f"seed_bank has {len(seed_bank.seeds)} seeds, the search needs {needed}")
+        bank_noise = seed_bank.noise(needed, tuple(shape[1:]))
+    return _random_search(generator, verifier, key, tuple(shape), num_candidates, rounds, cond, bank_noise)
+
+
+def neighbours(key, pivot, num: int, cosine: float):
+    """`num` noises per row of pivot (B, *event) with the pivot's norm at cosine `cosine` to it:
+    (B, num, *event)."""
+    b = pivot.shape[0]
+    flat = pivot.reshape(b, 1, -1)
+    norm = jnp.linalg.norm(flat, axis=-1, keepdims=True)
+    u = flat / norm
+    w = jax.random.normal(key, (b, num, flat.shape[-1]), pivot.dtype)
+    w = w - jnp.sum(w * u, axis=-1, keepdims=True) * u
+    w = w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+    n = norm * (cosine * u + jnp.sqrt(1.0 - cosine**2) * w)
+    return n.reshape((b, num) + pivot.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "verifier", "rounds", "num_neighbors"))
+def _zero_order(generator, verifier, key, pivot, rounds, num_neighbors, cosine, cond):
+    def round_(carry, r):
+        pivot, _ = carry
+        candidates = jnp.concatenate([pivot[:, None], neighbours(jax.random.fold_in(key, r), pivot, num_neighbors,
+                                                                 cosine)], axis=1)  # fmt: skip
+        x, s, nfe = _evaluate(generator, verifier, candidates, cond)
+        i = jnp.argmax(s, axis=1)  # 0 (the pivot) unless a neighbour is strictly better
+        return (_pick(candidates, i), (_pick(x, i), _pick(s, i), nfe)), (_pick(s, i), i)
+
+    b = pivot.shape[0]
+    init = (pivot, (jnp.zeros_like(pivot), jnp.full(b, -jnp.inf, pivot.dtype), jnp.int32(0)))
+    (pivot, (x, score, nfe)), (trace, chosen) = jax.lax.scan(round_, init, jnp.arange(rounds))
+    return SearchResult(x, score, pivot, trace, rounds * (num_neighbors + 1) * nfe, chosen)
+
+
+def zero_order_search(generator: Generator, verifier: Callable, key, shape, *, rounds: int, num_neighbors: int = 4,
+                      cosine: float = 0.95, cond=None, pivot=None) -> SearchResult:  # fmt: skip
+    """Zero-order search from `pivot` (default N(0, I) noise of `shape` = (B, *event)): NFE =
+    rounds x (num_neighbors + 1) x the generator's NFE. `choices`: per round, 0 when the pivot
+    stayed, else the neighbour it moved to."""
+    _check_common(generator, verifier, key, shape)
+    rounds = _checks.positive_int("rounds", rounds)
+    num_neighbors = _checks.positive_int("num_neighbors", num_neighbors)
+    cosine = _checks.in_range("cosine", cosine, -1.0, 1.0)
+    key_pivot, key_search = jax.random.split(key)
+    if pivot is None:
+        pivot = jax.random.normal(key_pivot, tuple(shape))
+    elif jnp.shape(pivot) != tuple(shape):
+        raise ValueError(f"pivot must have shape {tuple(shape)}, got {jnp.shape(pivot)}")
+    return _zero_order(generator, verifier, key_search, jnp.asarray(pivot), rounds, num_neighbors, cosine, cond)
+
+
+def _forward(schedule, x, t, t_up, key):
+    """An exact draw of x_{t_up} ~ q(x_{t_up} | x_t) for t_up > t."""
+    a = schedule.alpha(t_up) / schedule.alpha(t)
+    gap = -jnp.expm1(schedule.logsnr(t_up) - schedule.logsnr(t))  # 1 - SNR_up / SNR_t
+    return a * x + schedule.sigma(t_up) * jnp.sqrt(gap) * noise_like(key, x)
+
+
+def _phases(steps, start, forward, backward):
+    """Grid index segments (from, to) of the path search after `start`: back `forward`, down `backward`."""
+    phases, i = [], start
+    while i < steps:
+        up = i - forward
+        phases.append((up, min(up + backward, steps)))
+        i = phases[-1][1]
+    return tuple(phases)
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "verifier", "shape", "num_paths", "branches", "phases", "start"))
+def _path_search(solver, denoiser, verifier, timesteps, key, shape, num_paths, branches, phases, start, cond):
+    b, event, n, m = shape[0], shape[1:], num_paths, branches
+    keys = jax.random.split(key, len(phases) + 2)
+    z = jax.random.normal(keys[0], (b * n,) + event)
+    den_paths = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, n))
+    den_branches = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, n * m))
+    x, info = sample(solver, den_paths, timesteps[: start + 1], keys[1], denoiser.schedule.sigma(timesteps[0]) * z)
+    nfe = n * info.nfe
+    roots = jnp.arange(b * n).reshape(b, n) % n
+    trace, kept = [], []
+    for p, (up, down) in enumerate(phases):
+        key_noise, key_solve = jax.random.split(keys[p + 2])
+        t_here = timesteps[phases[p - 1][1]] if p else timesteps[start]
+        branched = jnp.repeat(x, m, axis=0)  # (B N M, *event): path-major
+        branched = _forward(denoiser.schedule, branched, t_here, timesteps[up], key_noise)
+        branched, info = sample(solver, den_branches, timesteps[up : down + 1], key_solve, branched)
+        c = _repeat(cond, n * m)
+        if down == timesteps.shape[0] - 1:
+            scored = branched
+        else:
+            scored = den_branches(branched, timesteps[down]).x0
+            nfe = nfe + n * m
+        s = _scores(verifier, scored, c).reshape(b, n * m)
+        nfe = nfe + n * m * info.nfe
+        top = jnp.argsort(-s, axis=1, stable=True)[:, :n]  # (B, N) kept branches
+        flat = (top + (jnp.arange(b) * n * m)[:, None]).reshape(b * n)
+        x = branched[flat]
+        roots = jnp.take_along_axis(jnp.repeat(roots, m, axis=1), top, axis=1)
+        trace.append(jnp.take_along_axis(s, top[:, :1], axis=1)[:, 0])
+        kept.append(top)
+    best = jnp.zeros(b, jnp.int32)  # the top kept path (sorted best first)
+    x = x.reshape((b, n) + event)
+    root = _pick(roots, best)
+    z = z.reshape((b, n) + event)
+    return SearchResult(_pick(x, best), jnp.stack(trace)[-1], _pick(z, root), jnp.stack(trace), nfe, jnp.stack(kept))
+
+
+def path_search(solver: Solver, denoiser, timesteps, key, verifier: Callable, shape, *, num_paths: int,
+                branches: int, start: int, forward: int, backward: int, cond=None) -> SearchResult:  # fmt: skip
+    """Search over paths along `timesteps` (use a deterministic solver) for shape = (B, *event):
+    `num_paths` paths run to grid index `start`; each phase noises every path's `branches` copies
+    forward exactly to index i - `forward` and solves them to index i - forward + `backward`
+    (backward > forward), scores them on x0-hat (one more network call each; on x itself at the
+    grid's end) and keeps the best `num_paths`, until the end of the grid. Returns the best final
+    path; `choices` (phases, B, num_paths) are the kept branch indices (path-major, path j's
+    branches at j * branches ...). The same key reproduces the same result."""
+    if not isinstance(solver, Solver):
+        raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
+    check_grid(timesteps)
+    if not callable(verifier):
+        raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
+    _checks.typed_key("key", key)
+    num_paths = _checks.positive_int("num_paths", num_paths)
+    branches = _checks.positive_int("branches", branches)
+    forward = _checks.positive_int("forward", forward)
+    backward = _checks.positive_int("backward", backward)
+    if backward <= forward:
+        raise ValueError(f"backward must exceed forward to make progress, got forward={forward}, backward={backward}")
+    steps = jnp.shape(timesteps)[0] - 1
+    if not (isinstance(start, int) and forward <= start < steps):
+        raise ValueError(f"start must be a grid index with forward={forward} <= start < {steps}, got {start!r}")
+    return _path_search(solver, denoiser, verifier, jnp.asarray(timesteps), key, tuple(shape), num_paths, branches,
+                        _phases(steps, start, forward, backward), start, cond)  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("verifier", "num_candidates", "eta"))
+def _noise_search(denoiser, verifier, timesteps, key, x_T, num_candidates, eta, cond, forced):
+    sched = denoiser.schedule
+    c = num_candidates
+    n = x_T.shape[0]
+    den_c = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, c))
+    cond_c = _repeat(cond, c)
+    pred = (denoiser if cond is None else denoiser.replace(cond=cond))(x_T, timesteps[0])
+    last = timesteps.shape[0] - 2
+
+    def step(carry, i):
+        x, x0, eps = carry
+        t, s = timesteps[i], timesteps[i + 1]
+        gap = -jnp.expm1(sched.logsnr(t) - sched.logsnr(s))
+        mean = sched.alpha(s) * x0 + sched.sigma(s) * jnp.sqrt(1.0 - eta**2 * gap) * eps
+        std = eta * sched.sigma(s) * jnp.sqrt(gap)
+        keys = jax.random.split(jax.random.fold_in(key, i), c)
+        z = jax.vmap(lambda k: noise_like(k, x), out_axes=1)(keys)  # (N, C, *event)
+        candidates = (mean[:, None] + std * z).astype(x.dtype)
+        flat = candidates.reshape((n * c,) + x.shape[1:])
+        p = den_c(flat, s)
+        scored = jnp.where(i == last, flat, p.x0)
+        scores = _scores(verifier, scored, cond_c).reshape(n, c)
+        pick = jnp.argmax(scores, axis=1) if forced is None else forced[i]
+        take = lambda a: _pick(a.reshape((n, c) + a.shape[1:]), pick)  # noqa: E731
+        return (take(flat), take(p.x0), take(p.eps)), (_pick(scores, pick), pick)
+
+    (x, _, _), (trace, choices) = jax.lax.scan(step, (x_T, pred.x0, pred.eps), jnp.arange(timesteps.shape[0] - 1))
+    nfe = 1 + (timesteps.shape[0] - 1) * c
+    return SearchResult(x, trace[-1], x_T, trace, jnp.int32(nfe), choices)
+
+
+def noise_search(denoiser, timesteps, key, x_T, verifier: Callable, *, num_candidates: int, eta: float = 1.0,
+                 cond=None, choices=None) -> SearchResult:  # fmt: skip
+    """DDIM(eta) from x_T (B, *event) choosing, at every step, the best of `num_candidates` draws
+    of the injected noise by the verifier on the next x0-hat (on the sample itself at the last
+    step): NFE = 1 + steps x num_candidates per condition. `choices` (steps, B) replays a result's
+    `choices` exactly (same key)."""
+    check_grid(timesteps)
+    if not callable(verifier):
+        raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
+    _checks.typed_key("key", key)
+    num_candidates = _checks.positive_int("num_candidates", num_candidates)
+    eta = _checks.in_range("eta", eta, 0.0, 1.0)
+    steps = jnp.shape(timesteps)[0] - 1
+    if choices is not None and jnp.shape(choices) != (steps, jnp.shape(x_T)[0]):
+        raise ValueError(f"choices must have shape (steps, B) = {(steps, jnp.shape(x_T)[0])}, got {jnp.shape(choices)}")
+    return _noise_search(denoiser, verifier, jnp.asarray(timesteps), key, jnp.asarray(x_T), num_candidates, eta, cond,
+                         None if choices is None else jnp.asarray(choices, jnp.int32))  # fmt: skip

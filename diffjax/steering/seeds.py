@@ -1,0 +1,132 @@
+r"""Golden seeds (Xu et al. 2024, "Good Seed Makes a Good Crop: Discovering Secret Seeds in
+Text-to-Image Diffusion Models"): some seeds give reliably better samples across conditions.
+
+A seed is an integer s; its noise is `jax.random.normal(jax.random.key(s), shape)` (threefry:
+the same bits under `jit`, across runs and on any device). `score_seeds` generates every seed's
+sample for each of a set of conditions and averages a verifier's scores; `rank_seeds` orders the
+seeds best first, or in "diverse" mode greedily keeps only seeds whose features are less similar
+than `max_similarity` (cosine) to every seed already kept; a `SeedBank` saves and loads the
+ranking as JSON and hands out the noises of its best seeds, for sampling and for
+`search.random_search(..., seed_bank=bank)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax import _checks
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def seed_noise(seeds, shape: tuple, dtype=jnp.float32):
+    """(S, *shape) standard-normal noise, row i from `jax.random.key(seeds[i])`."""
+    return jax.vmap(lambda s: jax.random.normal(jax.random.key(s), shape, dtype))(jnp.asarray(seeds, jnp.uint32))
+
+
+class SeedBank(NamedTuple):
+    """Seeds ranked best first with their scores; `noise(n, shape)` is the noise of the best n."""
+
+    seeds: tuple
+    scores: tuple
+    description: str = ""
+
+    def noise(self, n: int, shape: tuple, dtype=jnp.float32):
+        n = _checks.positive_int("n", n)
+        if n > len(self.seeds):
+            raise ValueError(f"the bank holds {len(self.seeds)} seeds, asked for n={n}")
+        return seed_noise(np.asarray(self.seeds[:n]), tuple(shape), dtype)
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump({"seeds": list(self.seeds), "scores": list(self.scores), "description": self.description}, f,
+                      indent=1)  # fmt: skip
+
+    @classmethod
+    def load(cls, path) -> SeedBank:
+        with open(path) as f:
+            data = json.load(f)
+        return cls(tuple(int(s) for s in data["seeds"]), tuple(float(s) for s in data["scores"]),
+                   data.get("description", ""))  # fmt: skip
+
+
+def _check_seeds(seeds):
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer) or np.any(seeds < 0):
+        raise ValueError(f"seeds must be a non-empty 1-D array of non-negative integers, got {seeds!r}")
+    if np.unique(seeds).size != seeds.size:
+        raise ValueError("seeds must be distinct")
+    return seeds
+
+
+def _tile(a, n):
+    a = jnp.asarray(a)
+    return jnp.tile(a, (n,) + (1,) * (a.ndim - 1))
+
+
+def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None, num_conditions: int = 1,
+                chunk: int | None = None):  # fmt: skip
+    """Mean verifier score of each seed over the conditions: (S,) scores and the (S, C, *shape)
+    samples of a `search.Generator`. `cond` has leading axis
+    C = num_conditions (or is None with C = 1 unconditional repeat); each seed's noise is used for
+    every condition. `chunk`: seeds generated at a time."""
+    if not callable(verifier):
+        raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
+    seeds = _check_seeds(seeds)
+    c = _checks.positive_int("num_conditions", num_conditions)
+    z = seed_noise(seeds, tuple(shape))
+    chunk = len(seeds) if chunk is None else _checks.positive_int("chunk", chunk)
+    scores, samples = [], []
+    for i in range(0, len(seeds), chunk):
+        part = z[i : i + chunk]
+        flat = jnp.repeat(part, c, axis=0)
+        conds = None if cond is None else jax.tree.map(functools.partial(_tile, n=len(part)), cond)
+        x, _ = generator.fn(flat, conds)
+        s = verifier(x, conds).reshape(len(part), c)
+        scores.append(jnp.mean(jnp.where(jnp.isfinite(s), s, -jnp.inf), axis=1))
+        samples.append(x.reshape((len(part), c) + x.shape[1:]))
+    return jnp.concatenate(scores), jnp.concatenate(samples)
+
+
+def rank_seeds(seeds, scores, *, features=None, max_similarity: float | None = None, top: int | None = None,
+               description: str = "") -> SeedBank:  # fmt: skip
+    """Seeds sorted by score, best first (ties by seed order). With `features` (S, F) and
+    `max_similarity`, the diverse ranking: walk the sorted seeds and keep one only if its cosine
+    similarity to every kept seed is below max_similarity. `top`: keep at most this many."""
+    seeds = _check_seeds(seeds)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != seeds.shape:
+        raise ValueError(f"scores must have the seeds' shape {seeds.shape}, got {scores.shape}")
+    order = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), kind="stable")
+    if max_similarity is not None:
+        max_similarity = _checks.in_range("max_similarity", max_similarity, -1.0, 1.0)
+        f = np.asarray(features, dtype=np.float64).reshape(len(seeds), -1) if features is not None else None
+        if f is None:
+            raise ValueError("max_similarity needs features (S, F) to compare seeds")
+        unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        kept = []
+        for i in order:
+            if all(unit[i] @ unit[j] < max_similarity for j in kept):
+                kept.append(i)
+        order = np.asarray(kept)
+    if top is not None:
+        order = order[: _checks.positive_int("top", top)]
+    return SeedBank(tuple(int(s) for s in seeds[order]), tuple(float(s) for s in scores[order]), description)
+
+
+def golden_seeds(generator, verifier: Callable, seeds: Sequence[int], shape: tuple, *, cond=None,
+                 num_conditions: int = 1, top: int | None = None, max_similarity: float | None = None,
+                 chunk: int | None = None, description: str = "") -> SeedBank:  # fmt: skip
+    """Score and rank a bank of seeds (see `score_seeds`, `rank_seeds`); in diverse mode the
+    features are each seed's samples over the conditions, flattened."""
+    scores, samples = score_seeds(generator, verifier, seeds, shape, cond=cond, num_conditions=num_conditions,
+                                  chunk=chunk)  # fmt: skip
+    features = np.asarray(samples).reshape(len(seeds), -1) if max_similarity is not None else None
+    return rank_seeds(seeds, np.asarray(scores), features=features, max_similarity=max_similarity, top=top,
+                      description=description)  # fmt: skip
