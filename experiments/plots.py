@@ -52,7 +52,10 @@ def save_scaling(path, rows, *, x, xlabel, baseline, exact=None):
     for ax, key in zip(axes, ("reward", "hit")):
         if exact is not None:
             ax.axhline(exact[key], color="k", linestyle="--", label="exact target")
-        ax.set(xscale="log", xlabel=xlabel, ylabel=key)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(xlabel=xlabel, ylabel=key)
     axes[0].legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
