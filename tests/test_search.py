@@ -125,7 +125,7 @@ def test_golden_seed_ranking_is_the_argmax_over_seeds_and_round_trips(tmp_path):
     # is the argsort of a.z over the bank, computed directly from jax.random.key(seed)
     bank_seeds = np.arange(100, 164)
     bank = dj.steering.golden_seeds(search.identity_generator, FIRST, bank_seeds, (2,), cond=jnp.zeros((3, 1)),
-                                    num_conditions=3, top=10)  # fmt: skip
+                                    top=10)  # fmt: skip
     direct = np.array([float(jax.random.normal(jax.random.key(int(s)), (2,), jnp.float32)[0]) for s in bank_seeds])
     assert bank.seeds == tuple(int(s) for s in bank_seeds[np.argsort(-direct)[:10]])
     np.testing.assert_allclose(bank.scores, np.sort(direct)[::-1][:10], rtol=1e-6)
@@ -193,6 +193,8 @@ def test_bad_search_arguments_raise_before_tracing():
                                 FIRST, (2, 2), num_paths=1, branches=1, start=2, forward=2, backward=2)  # fmt: skip
     with pytest.raises(ValueError, match="seeds"):
         seeds.rank_seeds([1, 1], [0.0, 1.0])
+    with pytest.raises(ValueError, match="leading axis"):
+        seeds.score_seeds(gen, FIRST, [1, 2], (2,), cond={"a": jnp.zeros(3), "b": jnp.zeros(4)})
     with pytest.raises(ValueError, match="seed_bank"):
         dj.steering.random_search(gen, FIRST, jax.random.key(0), (2, 2), num_candidates=4,
                                   seed_bank=seeds.SeedBank((1, 2), (0.0, 0.0)))  # fmt: skip

@@ -60,6 +60,8 @@ def _check_seeds(seeds):
     seeds = np.asarray(seeds)
     if seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer) or np.any(seeds < 0):
         raise ValueError(f"seeds must be a non-empty 1-D array of non-negative integers, got {seeds!r}")
+    if np.any(seeds >= 2**32):
+        raise ValueError("seeds must be < 2**32 (a threefry key holds 32 bits of seed here)")
     if np.unique(seeds).size != seeds.size:
         raise ValueError("seeds must be distinct")
     return seeds
@@ -70,16 +72,17 @@ def _tile(a, n):
     return jnp.tile(a, (n,) + (1,) * (a.ndim - 1))
 
 
-def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None, num_conditions: int = 1,
-                chunk: int | None = None):  # fmt: skip
+def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None, chunk: int | None = None):
     """Mean verifier score of each seed over the conditions: (S,) scores and the (S, C, *shape)
-    samples of a `search.Generator`. `cond` has leading axis
-    C = num_conditions (or is None with C = 1 unconditional repeat); each seed's noise is used for
-    every condition. `chunk`: seeds generated at a time."""
+    samples of a `search.Generator`. `cond`: the C conditions (leading axis C; None: C = 1,
+    unconditional); each seed's noise is used for every condition. `chunk`: seeds generated at a time."""
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     seeds = _check_seeds(seeds)
-    c = _checks.positive_int("num_conditions", num_conditions)
+    leading = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(cond)}
+    if len(leading) > 1 or None in leading:
+        raise ValueError(f"cond must be a pytree whose leaves share a leading axis C, got leading sizes {leading}")
+    c = leading.pop() if leading else 1
     z = seed_noise(seeds, tuple(shape))
     chunk = len(seeds) if chunk is None else _checks.positive_int("chunk", chunk)
     scores, samples = [], []
@@ -121,12 +124,11 @@ def rank_seeds(seeds, scores, *, features=None, max_similarity: float | None = N
 
 
 def golden_seeds(generator, verifier: Callable, seeds: Sequence[int], shape: tuple, *, cond=None,
-                 num_conditions: int = 1, top: int | None = None, max_similarity: float | None = None,
-                 chunk: int | None = None, description: str = "") -> SeedBank:  # fmt: skip
+                 top: int | None = None, max_similarity: float | None = None, chunk: int | None = None,
+                 description: str = "") -> SeedBank:  # fmt: skip
     """Score and rank a bank of seeds (see `score_seeds`, `rank_seeds`); in diverse mode the
     features are each seed's samples over the conditions, flattened."""
-    scores, samples = score_seeds(generator, verifier, seeds, shape, cond=cond, num_conditions=num_conditions,
-                                  chunk=chunk)  # fmt: skip
+    scores, samples = score_seeds(generator, verifier, seeds, shape, cond=cond, chunk=chunk)
     features = np.asarray(samples).reshape(len(seeds), -1) if max_similarity is not None else None
     return rank_seeds(seeds, np.asarray(scores), features=features, max_similarity=max_similarity, top=top,
                       description=description)  # fmt: skip
