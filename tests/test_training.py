@@ -120,12 +120,12 @@ def test_digits_classifier_learns_and_scores_samples_of_a_trained_model(digits_r
 def test_steer_experiment_steers_a_trained_digits_model_with_its_classifier(digits_run, digits_classifier, tmp_path):
     # the unconditional (null-label) model steered to digit 3 by the classifier's log-probability
     cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:digits", f"--config.run={digits_run}",
-           f"--config.classifier_run={digits_classifier}", "--config.num_conditions=16", "--config.particles=(1, 4)",
-           "--config.steps=4", "--config.methods=('fk', 'tds', 'best_of_n')", f"--workdir={tmp_path}"]  # fmt: skip
+           f"--config.classifier_run={digits_classifier}", "--config.num_conditions=8", "--config.particles=(1, 4)",
+           "--config.steps=3", "--config.methods=('fk', 'tds', 'best_of_n')", f"--workdir={tmp_path}"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-4000:]
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
-    assert rows["fk"]["nfe"] == rows["best_of_n"]["nfe"] == 16 and rows["tds"]["nfe"] == 20
+    assert rows["fk"]["nfe"] == rows["best_of_n"]["nfe"] == 12 and rows["tds"]["nfe"] == 16
     assert rows["best_of_n"]["reward"] > rows["unsteered"]["reward"], rows  # the best of 4 beats one draw
     assert all(0 <= r["hit"] <= 1 and r["diversity"] > 0 for r in rows.values()), rows
     assert (tmp_path / "samples_fk.png").exists() and (tmp_path / "scaling.png").exists()
