@@ -54,3 +54,13 @@ def one_of(name: str, value, allowed: Collection) -> None:
 def typed_key(name: str, key) -> None:
     if not (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
         raise ValueError(f"{name} must be a typed PRNG key from jax.random.key(seed), got {key!r}")
+
+
+def grid(timesteps) -> None:
+    """Validate a time grid on the host: 1-D, >= 2 entries, strictly decreasing when concrete."""
+    if np.ndim(timesteps) != 1 or np.shape(timesteps)[0] < 2:
+        raise ValueError(f"timesteps must be a 1-D array of >= 2 times, got shape {np.shape(timesteps)}")
+    if is_concrete(timesteps):
+        values = np.asarray(timesteps)
+        if not np.all(np.diff(values) < 0):
+            raise ValueError(f"timesteps must decrease strictly from noise to data, got {values}")

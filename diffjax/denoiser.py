@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffjax import predictions
+from diffjax.arrays import broadcast_to_x
 from diffjax.schedules import Schedule
 
 
@@ -29,10 +30,24 @@ class Prediction(NamedTuple):
     velocity: jax.Array
 
 
-def broadcast_to_x(a, x):
-    """Right-pad a scalar or per-sample (B,) coefficient with singleton axes to broadcast against x."""
-    a = jnp.asarray(a)
-    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+def prediction_views(schedule, x0, eps, t) -> Prediction:
+    """Every view of the prediction (x0, eps) at time t (scalar or (B,)), in x0's dtype: what a
+    denoiser returns, and how a modified prediction (TDS's twisted x0 and eps) becomes one."""
+    t = jnp.asarray(t)
+    alpha, sigma, dalpha, dsigma = (broadcast_to_x(f(t), x0) for f in (schedule.alpha, schedule.sigma,
+                                                                       schedule.dalpha, schedule.dsigma))  # fmt: skip
+    return _views(x0, eps, alpha, sigma, dalpha, dsigma, x0.dtype)
+
+
+def _views(x0, eps, alpha, sigma, dalpha, dsigma, dtype) -> Prediction:
+    views = Prediction(
+        x0=x0,
+        eps=eps,
+        v=predictions.v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma),
+        score=predictions.score_from_eps(eps=eps, sigma=sigma),
+        velocity=predictions.velocity_from_x0_eps(x0=x0, eps=eps, dalpha=dalpha, dsigma=dsigma),
+    )
+    return Prediction(*(view.astype(dtype) for view in views))
 
 
 def network_inputs(schedule, prediction, x, t, *, time_fn, sigma_data, alpha, sigma):
@@ -107,11 +122,4 @@ class Denoiser:
             dsigma=dsigma,
             sigma_data=self._sigma_data(),
         )
-        views = Prediction(
-            x0=x0,
-            eps=eps,
-            v=predictions.v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma),
-            score=predictions.score_from_eps(eps=eps, sigma=sigma),
-            velocity=predictions.velocity_from_x0_eps(x0=x0, eps=eps, dalpha=dalpha, dsigma=dsigma),
-        )
-        return Prediction(*(view.astype(x.dtype) for view in views))
+        return _views(x0, eps, alpha, sigma, dalpha, dsigma, x.dtype)

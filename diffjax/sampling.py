@@ -1,7 +1,9 @@
 """`sample`: run any `Solver` over a time grid as one `lax.scan` inside one `jit`.
 
 The grid is an array argument: new values reuse the compiled sampler, only its length is a
-shape. The key is split once per step, so step i always gets the same bits for the same seed.
+shape. The solver is a value (a pytree whose options are static), so equal solvers share the
+compiled sampler. The key is split once per step, so step i always gets the same bits for the
+same seed. `run_steps` is the step driver that every sampler and steering method runs through.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from diffjax import _checks
 from diffjax.denoiser import Denoiser
 from diffjax.schedules import Schedule
-from diffjax.solvers.base import Solver
+from diffjax.solvers.base import Solver, check_solver
 
 
 class SampleInfo(NamedTuple):
@@ -25,42 +27,45 @@ class SampleInfo(NamedTuple):
     x0_trajectory: jax.Array | None = None  # (n_steps, *x.shape): the data prediction of each step
 
 
+def run_steps(solver: Solver, body, carry, num_steps: int):
+    """The one step driver: `body(carry, i) -> (carry, out)` for i = 0 .. num_steps - 1, with the
+    solver's head steps and tail steps unrolled (i a Python int there) and the steps between them
+    as one `lax.scan` (i traced). `body` picks its step function with `solver.step_at(i, num_steps)`.
+
+    `sample`, FK steering, importance sampling, TDS, SMCDiff and the searches all run through it.
+
+    Returns:
+      The final carry and the outputs stacked along a leading axis of length num_steps.
+    """
+    n_head, n_tail = len(solver.head), len(solver.tail)
+    outs = []
+    for i in range(n_head):
+        carry, out = body(carry, i)
+        outs.append(jax.tree.map(lambda a: a[None], out))
+    carry, out = jax.lax.scan(body, carry, jnp.arange(n_head, num_steps - n_tail))
+    outs.append(out)
+    for i in range(num_steps - n_tail, num_steps):
+        carry, out = body(carry, i)
+        outs.append(jax.tree.map(lambda a: a[None], out))
+    return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
+
+
 def scan_steps(solver: Solver, state, keys, timesteps, denoise, *, return_trajectory: bool = False):
-    """Apply the solver over consecutive grid pairs: its `head` steps, one scan of `step`, its `tail`.
+    """Apply the solver over consecutive grid pairs from `state`, step i with keys[i].
 
     Returns the final state, the NFE per step (n,), and, if asked, the stacked states and x0s.
     """
-    n, n_head, n_tail = keys.shape[0], len(solver.head), len(solver.tail)
-    nfes, saved = [], []
 
-    def unrolled(state, step_fn, i):
+    def body(state, i):
+        step_fn = solver.step_at(i, keys.shape[0])
         state, info = step_fn(state, keys[i], timesteps[i], timesteps[i + 1], denoise)
-        nfes.append(info.nfe[None])
-        saved.append((state.x[None], info.x0[None]))
-        return state
-
-    def body(state, xs):
-        key, t, t_next = xs
-        state, info = solver.step(state, key, t, t_next, denoise)
         return state, (info.nfe, (state.x, info.x0) if return_trajectory else None)
 
-    for i, step_fn in enumerate(solver.head):
-        state = unrolled(state, step_fn, i)
-    middle = slice(n_head, n - n_tail)
-    state, (nfe, middle_saved) = jax.lax.scan(
-        body, state, (keys[middle], timesteps[:-1][middle], timesteps[1:][middle])
-    )
-    nfes.append(nfe)
-    saved.append(middle_saved)
-    for i, step_fn in enumerate(solver.tail):
-        state = unrolled(state, step_fn, n - n_tail + i)
-    trajectory = None
-    if return_trajectory:
-        trajectory = jax.tree.map(lambda *parts: jnp.concatenate(parts), *saved)
-    return state, jnp.concatenate(nfes), trajectory
+    state, (nfe, saved) = run_steps(solver, body, state, keys.shape[0])
+    return state, nfe, saved
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "return_trajectory"))
+@functools.partial(jax.jit, static_argnames=("return_trajectory",))
 def _sample(solver, denoiser, timesteps, key, x_T, return_trajectory):
     keys = jax.random.split(key, timesteps.shape[0] - 1)
     state = solver.init(x_T, timesteps)
@@ -72,14 +77,22 @@ def _sample(solver, denoiser, timesteps, key, x_T, return_trajectory):
     return state.x, info
 
 
-def check_grid(timesteps):
-    """Validate a time grid on the host: 1-D, >= 2 entries, strictly decreasing when concrete."""
-    if jnp.ndim(timesteps) != 1 or jnp.shape(timesteps)[0] < 2:
-        raise ValueError(f"timesteps must be a 1-D array of >= 2 times, got shape {jnp.shape(timesteps)}")
-    if _checks.is_concrete(timesteps):
-        values = np.asarray(timesteps)
-        if not np.all(np.diff(values) < 0):
-            raise ValueError(f"timesteps must decrease strictly from noise to data, got {values}")
+check_grid = _checks.grid
+
+
+def check_steps(solver: Solver, timesteps) -> None:
+    """Raise a ValueError unless the grid has room for the solver's head and tail steps."""
+    n_special = len(solver.head) + len(solver.tail)
+    if jnp.shape(timesteps)[0] - 1 < n_special:
+        raise ValueError(
+            f"timesteps has {jnp.shape(timesteps)[0] - 1} steps but this solver needs at least {n_special} "
+            f"({len(solver.head)} warm-up and {len(solver.tail)} final steps)"
+        )
+
+
+def check_denoiser(denoiser) -> None:
+    if not callable(denoiser) or not isinstance(getattr(denoiser, "schedule", None), Schedule):
+        raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
 
 
 def sample(
@@ -94,20 +107,25 @@ def sample(
 ):
     """Sample from `denoiser` with `solver` along `timesteps` (noise to data), starting at x_T.
 
-    Returns (x, SampleInfo). Build `solver` once and reuse it: it is a static argument, so a new
-    solver object compiles anew, while new `timesteps` values, keys, starts or params do not.
+    Args:
+      solver: a `Solver` value; equal solvers (`ddim(eta=0.5) == ddim(eta=0.5)`) share one compiled
+        sampler.
+      denoiser: a `Denoiser` (or any callable `denoiser(x, t)` with a `.schedule`); its parameters
+        are data, so new weights reuse the compiled sampler.
+      timesteps: 1-D grid from noise to data; new values reuse the compiled sampler, only its length
+        is a shape.
+      key: a typed key (`jax.random.key(seed)`), split once per step.
+      x_T: the start (B, *event) at timesteps[0] (`prior_sample`).
+      cond: the network's condition (class labels (B,), ...), or None.
+      return_trajectory: also return every state and data prediction.
+
+    Returns:
+      (x, SampleInfo): the sample at the grid's last time and the NFE (and trajectory).
     """
-    if not isinstance(solver, Solver):
-        raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
-    if not callable(denoiser) or not isinstance(getattr(denoiser, "schedule", None), Schedule):
-        raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
+    check_solver("solver", solver)
+    check_denoiser(denoiser)
     check_grid(timesteps)
-    n_special = len(solver.head) + len(solver.tail)
-    if jnp.shape(timesteps)[0] - 1 < n_special:
-        raise ValueError(
-            f"timesteps has {jnp.shape(timesteps)[0] - 1} steps but this solver needs at least {n_special} "
-            f"({len(solver.head)} warm-up and {len(solver.tail)} final steps)"
-        )
+    check_steps(solver, timesteps)
     _checks.typed_key("key", key)
     if jnp.ndim(x_T) < 1:
         raise ValueError(f"x_T must have a batch axis, shape (B, *event), got shape {jnp.shape(x_T)}")

@@ -14,9 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.denoiser import Denoiser, broadcast_to_x
+from flax import struct
+
+from diffjax import gaussian
+from diffjax.arrays import broadcast_to_x
+from diffjax.denoiser import Denoiser
 from diffjax.schedules import Schedule
-from diffjax.solvers.base import Solver, State, StepInfo, single_step_init
+from diffjax.solvers.base import Solver, State, StepInfo
 
 
 def _coefficients(schedule, t, x):
@@ -105,18 +109,20 @@ class GaussianMixture:
     def reverse_sample(self, key, x, schedule: Schedule, t, t_next):
         """One exact draw of x_{t_next} ~ p(x_{t_next} | x_t = x) for t_next < t.
 
-        Per component, (x_s, x_t) is jointly Gaussian with x_t = a x_s + noise, a = alpha_t/alpha_s,
-        noise variance sigma_t^2 (1 - SNR_t/SNR_s); condition on x_t, then mix by p(k | x_t).
+        Given component k, x0 | x_t ~ N(m_k(x_t), C_k), and x_s | x_t, x0 is the forward posterior
+        q(x_s | x_t, x0) = N(c_0 x0 + c_e eps, std^2) (`gaussian.posterior`), eps = (x_t - alpha_t x0)/sigma_t;
+        integrating x0 out gives N(posterior mean at m_k, std^2 + c1^2 C_k) with c1 = c_0 - c_e alpha_t/sigma_t.
+        Then mix by p(k | x_t).
         """
         a_t, s_t = _coefficients(schedule, t, x)
-        a_s, s_s = _coefficients(schedule, t_next, x)
-        gap = -jnp.expm1(schedule.logsnr(t) - schedule.logsnr(t_next))  # 1 - SNR_t / SNR_s
-        a = (a_t / a_s)[..., None, None]
-        var_s = a_s[..., None, None] ** 2 * self.scales**2 + s_s[..., None, None] ** 2
-        var_t = a_t[..., None, None] ** 2 * self.scales**2 + s_t[..., None, None] ** 2
-        residual = x[..., None, :] - a_t[..., None, None] * self.means
-        mean = a_s[..., None, None] * self.means + a * var_s * residual / var_t
-        var = jnp.broadcast_to(var_s * (s_t**2 * gap)[..., None, None] / var_t, mean.shape)
+        c = gaussian.posterior_coefficients(schedule, t, t_next)
+        m = self._x0_means(x, a_t, s_t)  # (B, K, d)
+        eps = (x[..., None, :] - a_t[..., None, None] * m) / s_t[..., None, None]
+        mean = c.x0_coef * m + c.eps_coef * eps
+        post_var = self.scales**2 * s_t[..., None, None] ** 2 / (a_t[..., None, None] ** 2 * self.scales**2
+                                                                 + s_t[..., None, None] ** 2)  # fmt: skip
+        c1 = c.x0_coef - c.eps_coef * a_t[..., None, None] / s_t[..., None, None]
+        var = jnp.broadcast_to(c.std**2 + c1**2 * post_var, mean.shape)
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.categorical(k_comp, self._component_log_probs(x, a_t, s_t), axis=-1)
         take = lambda arr: jnp.take_along_axis(arr, comp[..., None, None], axis=-2)[..., 0, :]
@@ -132,14 +138,9 @@ class GaussianMixture:
     def exact_solver(self, schedule: Schedule) -> Solver:
         """A `Solver` that takes exact reverse-kernel steps (ancestral sampling with zero error).
 
-        It ignores the denoiser it is given and spends no network evaluations."""
-
-        def step(state, key, t, t_next, denoise):
-            del denoise
-            x_next = self.reverse_sample(key, state.x, schedule, t, t_next).astype(state.x.dtype)
-            return State(x_next), StepInfo(jnp.int32(0), self.x0_mean(state.x, schedule, t).astype(state.x.dtype))
-
-        return Solver(single_step_init, step)
+        It ignores the denoiser it is given and spends no network evaluations. It is a value whose
+        mixture and schedule are pytree leaves: a new mixture of the same shapes does not recompile."""
+        return ExactSolver(self, schedule)
 
     # --- exactly tilted mixtures: the targets of steering ----------------------------------------
 
@@ -191,6 +192,28 @@ class GaussianMixture:
             max_steps=100_000,
         )
         return alpha_next * solution.ys[-1]
+
+
+@struct.dataclass
+class ExactSolver(Solver):
+    """The mixture's exact reverse kernel as a solver (`GaussianMixture.exact_solver`)."""
+
+    mixture: GaussianMixture
+    schedule: Schedule
+
+    def step(self, state, key, t, t_next, denoise):
+        del denoise
+        x_next = self.mixture.reverse_sample(key, state.x, self.schedule, t, t_next).astype(state.x.dtype)
+        x0 = self.mixture.x0_mean(state.x, self.schedule, t).astype(state.x.dtype)
+        return State(x_next), StepInfo(jnp.int32(0), x0)
+
+    @property
+    def order(self):
+        return float("inf")  # no discretisation error at any step size
+
+    @property
+    def stochastic(self):
+        return True
 
 
 def _oracle_apply(params, x, t, cond):

@@ -1,7 +1,17 @@
-"""Samplers as pure `Solver(init, step)` pairs; any solver works with any schedule and method."""
+"""Samplers as solver values with pure `init` / `step` methods; any solver works with any schedule
+and method. `REGISTRY` maps the names configs use to the constructors."""
 
 from diffjax.solvers.ancestral import ddpm, euler_ancestral
-from diffjax.solvers.base import Solver, State, StepInfo, denoise_to_zero
+from diffjax.solvers.base import (
+    GaussianSolver,
+    Solver,
+    State,
+    StepInfo,
+    Wrapper,
+    custom,
+    denoise_to_zero,
+    solver_value,
+)
 from diffjax.solvers.ddim import ddim
 from diffjax.solvers.deis import deis
 from diffjax.solvers.dpm_solver import (
@@ -43,9 +53,12 @@ REGISTRY = {
 
 __all__ = [
     "REGISTRY",
+    "GaussianSolver",
     "Solver",
     "State",
     "StepInfo",
+    "Wrapper",
+    "custom",
     "ddim",
     "ddpm",
     "deis",
@@ -65,6 +78,7 @@ __all__ = [
     "plms",
     "pndm",
     "predictor_corrector",
+    "solver_value",
     "time_shift",
     "unipc",
 ]

@@ -10,47 +10,97 @@ chosen variance; with 1 - SNR_t/SNR_s written `gap`,
 
 import jax.numpy as jnp
 
-from diffjax import _checks
-from diffjax.solvers.base import Solver, State, StepInfo, noise_like, single_step_init
+from diffjax import _checks, gaussian
+from diffjax.gaussian import Gaussian
+from diffjax.solvers.base import GaussianSolver, solver_value
 
 VARIANCES = ("beta_tilde", "beta")
 
 
-def ddpm(variance: str = "beta_tilde") -> Solver:
-    _checks.one_of("variance", variance, VARIANCES)
+@solver_value
+class DDPM(GaussianSolver):
+    """Ancestral DDPM sampling; build it with `ddpm`."""
 
-    def step(state, key, t, t_next, denoise):
-        sched, x = denoise.schedule, state.x
-        pred = denoise(x, t)
-        sigma_next = sched.sigma(t_next)
-        gap = -jnp.expm1(sched.logsnr(t) - sched.logsnr(t_next))
-        mean = sched.alpha(t_next) * pred.x0 + sigma_next * jnp.sqrt(1.0 - gap) * pred.eps
-        std_scale = sigma_next if variance == "beta_tilde" else jnp.where(sigma_next > 0, sched.sigma(t), 0.0)
-        x_next = mean + std_scale * jnp.sqrt(gap) * noise_like(key, x)
-        return State(x_next.astype(x.dtype)), StepInfo(jnp.int32(1), pred.x0)
+    variance: str = "beta_tilde"
 
-    return Solver(single_step_init, step)
+    def transition(self, state, pred, t, t_next, schedule):
+        del state
+        law = gaussian.posterior(schedule, pred.x0, pred.eps, t, t_next)
+        if self.variance == "beta_tilde":
+            return law
+        sigma_next = schedule.sigma(t_next)
+        scale = jnp.where(sigma_next > 0, schedule.sigma(t), 0.0)
+        return Gaussian(law.mean, scale * jnp.sqrt(gaussian.snr_gap(schedule, t, t_next)) * jnp.ones_like(law.mean))
+
+    @property
+    def stochastic(self):
+        return True
+
+    @property
+    def order(self):
+        return 1.0
 
 
-def euler_ancestral(eta: float = 1.0, s_noise: float = 1.0) -> Solver:
-    """k-diffusion's `sample_euler_ancestral` in EDM's variables x/alpha, s = sigma/alpha:
+def ddpm(variance: str = "beta_tilde") -> DDPM:
+    """Ancestral sampling of DDPM (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models").
 
-    s_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)),  s_down = sqrt(s'^2 - s_up^2),
-    x_bar' = x_bar + (s_down - s) (x_bar - x0) / s + s_noise s_up z.
+    Each step draws x_s ~ N(posterior mean of q(x_s | x_t, x0 = x0-hat), std^2) for any schedule;
+    weak order 1.
+
+    Args:
+      variance: "beta_tilde" (std^2 = sigma_s^2 g, the posterior variance; equal to DDIM with
+        eta = 1) or "beta" (std^2 = sigma_t^2 g, the forward step's variance, Ho et al.'s other
+        choice; no noise into sigma_s = 0). g = 1 - SNR_t / SNR_s.
+
+    Returns:
+      A `GaussianSolver` value.
     """
-    eta = _checks.in_range("eta", eta, 0.0, float("inf"))
-    s_noise = _checks.in_range("s_noise", s_noise, 0.0, float("inf"))
+    _checks.one_of("variance", variance, VARIANCES)
+    return DDPM(variance)
 
-    def step(state, key, t, t_next, denoise):
-        sched, x = denoise.schedule, state.x
-        pred = denoise(x, t)
-        alpha, alpha_next = sched.alpha(t), sched.alpha(t_next)
-        s, s_next = sched.sigma(t) / alpha, sched.sigma(t_next) / alpha_next
-        s_up = jnp.minimum(s_next, eta * jnp.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+
+@solver_value
+class EulerAncestral(GaussianSolver):
+    """k-diffusion's `sample_euler_ancestral`; build it with `euler_ancestral`."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+    def transition(self, state, pred, t, t_next, schedule):
+        x = state.x
+        alpha, alpha_next = schedule.alpha(t), schedule.alpha(t_next)
+        s, s_next = schedule.sigma(t) / alpha, schedule.sigma(t_next) / alpha_next
+        s_up = jnp.minimum(s_next, self.eta * jnp.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
         s_down = jnp.sqrt(jnp.maximum(s_next**2 - s_up**2, 0.0))
         x_bar = x / alpha
         x_bar = x_bar + (s_down - s) * (x_bar - pred.x0) / s
-        x_bar = x_bar + s_noise * s_up * noise_like(key, x)
-        return State((alpha_next * x_bar).astype(x.dtype)), StepInfo(jnp.int32(1), pred.x0)
+        return Gaussian(alpha_next * x_bar, alpha_next * self.s_noise * s_up * jnp.ones_like(x))
 
-    return Solver(single_step_init, step)
+    @property
+    def stochastic(self):
+        return self.eta > 0 and self.s_noise > 0
+
+    @property
+    def order(self):
+        return 1.0
+
+
+def euler_ancestral(eta: float = 1.0, s_noise: float = 1.0) -> EulerAncestral:
+    """Euler-ancestral sampling (k-diffusion's `sample_euler_ancestral`, Karras et al. 2022's
+    variables), for any schedule: with x_bar = x/alpha and s = sigma/alpha,
+
+        s_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)),  s_down = sqrt(s'^2 - s_up^2),
+        x_bar' = x_bar + (s_down - s) (x_bar - x0) / s + s_noise s_up z.
+
+    Weak order 1; with eta = 1 it is DDPM posterior sampling.
+
+    Args:
+      eta: the fraction of the step's variance that is fresh noise (>= 0; 0 is Euler).
+      s_noise: scale of the added noise (>= 0; 1 keeps the marginals).
+
+    Returns:
+      A `GaussianSolver` value.
+    """
+    eta = _checks.in_range("eta", eta, 0.0, float("inf"))
+    s_noise = _checks.in_range("s_noise", s_noise, 0.0, float("inf"))
+    return EulerAncestral(eta, s_noise)

@@ -3,20 +3,43 @@
     state = solver.init(x_T, timesteps)
     state, info = solver.step(state, key, t, t_next, denoise)
 
+A solver is a *value*: an immutable dataclass of its static options, registered as a pytree, so
+`ddim(eta=0.5) == ddim(eta=0.5)`, equal solvers hash equal and share one compiled sampler, and a
+solver is passed to `jit` as an ordinary argument. Options are static (they may change the
+program); a solver that carries arrays (the Gaussian-mixture oracle's exact kernel) holds them
+as pytree leaves, which `jit` traces.
+
 `denoise(x, t) -> Prediction` is a `Denoiser` (or anything with that call and a `.schedule`).
-`step` is pure: every stochastic step draws its noise from `key` only, as `noise_like(key, x)`. States are fixed-shape
-pytrees with the current sample in `state.x`, so a whole sampler is one `lax.scan`.
-Steps that cost a different number of network evaluations cannot share one `lax.scan` without
-branching, so a solver may name them statically: `head` steps replace `step` on the first
-intervals of the grid (F-PNDM's Runge-Kutta warm-up), `tail` steps on the last ones (EDM's Heun
-ends with an Euler step, DPM-Solver-fast with orders 2, 1). The middle is one scan.
+`step` is pure: every stochastic step draws its noise from `key` only, as `noise_like(key, x)`.
+States are fixed-shape pytrees with the current sample in `state.x`, so a whole sampler is one
+`lax.scan`. Steps that cost a different number of network evaluations cannot share one
+`lax.scan` without branching, so a solver may name them statically: `head` steps replace `step`
+on the first intervals of the grid (F-PNDM's Runge-Kutta warm-up), `tail` steps on the last ones
+(EDM's Heun ends with an Euler step, DPM-Solver-fast with orders 2, 1). The middle is one scan
+(`sampling.run_steps`, the one step driver; `step_at` picks the function for a step index).
+
+Every solver declares its convergence `order` (the global order of the deterministic error on a
+smooth problem, or the weak order of a stochastic solver) and whether it is `stochastic`; the
+order tests measure the declared order. Particle methods resample a population of solver states,
+so a solver declares how to take its state at ancestor indices (`gather`).
+
+`GaussianSolver`s are those whose step is one Gaussian transition x' ~ N(mean, std^2) given the
+state and the prediction at (x, t) (DDIM with eta > 0, DDPM, Euler-ancestral, SDE-DPM-Solver++,
+Euler-Maruyama): TDS and SMCDiff use them as proposal kernels, evaluating `transition` at a
+twisted prediction and reading the density.
 """
 
+from __future__ import annotations
+
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from diffjax.arrays import noise_like  # noqa: F401  (solvers draw noise through this module)
+from diffjax.gaussian import Gaussian
 
 
 class StepInfo(NamedTuple):
@@ -30,41 +53,95 @@ class State(NamedTuple):
     x: jax.Array
 
 
-class Solver(NamedTuple):
-    init: Callable
-    step: Callable
-    head: tuple[Callable, ...] = ()
-    tail: tuple[Callable, ...] = ()
+def solver_value(cls):
+    """Class decorator: a frozen dataclass of static options, registered as a static pytree (no
+    leaves; equality and hash are its options')."""
+    return jax.tree_util.register_static(dataclasses.dataclass(frozen=True)(cls))
 
 
-def noise_like(key, x):
-    """N(0, I) noise shaped like x, drawn in float32 and cast: the same key gives the same noise
-    in float32, float64 and bfloat16 runs."""
-    return jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype)
+def take(a, ancestors, axis: int = 0):
+    """a taken at `ancestors` along `axis` (the particle axis of one state leaf)."""
+    return jnp.take(a, ancestors, axis=axis)
 
 
-def single_step_init(x, timesteps):
-    del timesteps
-    return State(x)
+class Solver:
+    """Base class of every solver. Subclasses are `solver_value` dataclasses (or pytrees holding
+    arrays) and implement `step`; they override `init`, `head`, `tail`, `gather`, `order` and
+    `stochastic` as needed. `repr` shows the options: `ddim(eta=0.5)` prints as `DDIM(eta=0.5)`."""
+
+    def init(self, x, timesteps):
+        """The state before the first step from x at timesteps[0]."""
+        del timesteps
+        return State(x)
+
+    def step(self, state, key, t, t_next, denoise):
+        """One step from t to t_next: returns (state, StepInfo(nfe, x0))."""
+        raise NotImplementedError
+
+    @property
+    def head(self) -> tuple[Callable, ...]:
+        """Step functions used instead of `step` on the grid's first intervals."""
+        return ()
+
+    @property
+    def tail(self) -> tuple[Callable, ...]:
+        """Step functions used instead of `step` on the grid's last intervals."""
+        return ()
+
+    @property
+    def order(self) -> float:
+        """The declared convergence order (weak order for stochastic solvers)."""
+        raise NotImplementedError
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether `step` draws noise from its key."""
+        return False
+
+    def gather(self, state, ancestors):
+        """The state of particle `ancestors[j]` for every j: every per-particle leaf taken along its
+        particle axis. The default serves states whose per-particle leaves all lead with the batch
+        axis (`State`); solvers with histories override it."""
+        return jax.tree.map(lambda a: take(a, ancestors), state)
+
+    def step_at(self, i, num_steps: int) -> Callable:
+        """The step function for step i of `num_steps`: a head or tail step when i is a Python int
+        that falls there, else `step` (a traced i must be a middle step)."""
+        if isinstance(i, int):
+            if i < len(self.head):
+                return self.head[i]
+            first_tail = num_steps - len(self.tail)
+            if i >= first_tail:
+                return self.tail[i - first_tail]
+        return self.step
+
+
+class GaussianSolver(Solver):
+    """A solver whose step is x' = mean + std z given the state and the prediction at (x, t).
+
+    Subclasses implement `transition(state, pred, t, t_next, schedule) -> Gaussian` and, if they keep
+    more than x, `advance(state, x_next, pred, t, t_next, schedule) -> state`. `step` evaluates the
+    denoiser once, takes the transition and draws its noise (none when not `stochastic`)."""
+
+    def transition(self, state, pred, t, t_next, schedule) -> Gaussian:
+        """The Gaussian law of the next sample given the state and `pred` = denoise(state.x, t)."""
+        raise NotImplementedError
+
+    def advance(self, state, x_next, pred, t, t_next, schedule):
+        """The state after moving to x_next (default: only the sample changes)."""
+        del pred, t, t_next, schedule
+        return state._replace(x=x_next)
+
+    def step(self, state, key, t, t_next, denoise):
+        pred = denoise(state.x, t)
+        law = self.transition(state, pred, t, t_next, denoise.schedule)
+        x_next = law.sample(key) if self.stochastic else law.mean.astype(state.x.dtype)
+        return self.advance(state, x_next, pred, t, t_next, denoise.schedule), StepInfo(jnp.int32(1), pred.x0)
 
 
 def push(history, value):
     """Newest-first fixed-size history: drop the oldest entry and put `value` at index 0."""
     return jnp.concatenate([value[None].astype(history.dtype), history[:-1]], axis=0)
-
-
-def denoise_to_zero(solver: Solver) -> Solver:
-    """`solver` followed by one more evaluation at the grid's last time, returning its data
-    prediction x0 (DDPM's and score_sde's last denoising step; DPM-Solver's `denoise_to_zero`).
-    It costs one NFE and no extra grid point."""
-
-    def last(state, key, t, t_next, denoise):
-        state, info = (solver.tail[-1] if solver.tail else solver.step)(state, key, t, t_next, denoise)
-        x0 = denoise(state.x, t_next).x0
-        return state._replace(x=x0.astype(state.x.dtype)), StepInfo(info.nfe + 1, info.x0)
-
-    tail = solver.tail[:-1] if solver.tail else ()
-    return solver._replace(tail=tail + (last,))
 
 
 class History(NamedTuple):
@@ -96,3 +173,159 @@ def read(history, j):
 def weighted_sum(history, weights):
     """sum_j weights[j] * read(history, j), in one pass over the buffer."""
     return jnp.tensordot(jnp.roll(weights, history.newest).astype(history.values.dtype), history.values, axes=1)
+
+
+def gather_history(history, ancestors):
+    """A history of per-particle arrays (size, N, ...) taken at `ancestors` along the particle axis."""
+    return history._replace(values=take(history.values, ancestors, axis=1))
+
+
+# --- wrappers ------------------------------------------------------------------------------------
+
+
+class Wrapper(Solver):
+    """A solver that transforms every step function of an `inner` solver the same way.
+
+    Subclasses are dataclasses with an `inner` field and implement `wrap(step_fn, index)`, where
+    index is 0 for the first head step and None otherwise; `step`, `head` and `tail` are the inner
+    solver's, wrapped. Override `init` and `gather` when the wrapper keeps state of its own."""
+
+    def wrap(self, step_fn: Callable, index: int | None) -> Callable:
+        raise NotImplementedError
+
+    def init(self, x, timesteps):
+        return self.inner.init(x, timesteps)
+
+    def step(self, state, key, t, t_next, denoise):
+        return self.wrap(self.inner.step, None)(state, key, t, t_next, denoise)
+
+    @property
+    def head(self):
+        return tuple(self.wrap(f, i) for i, f in enumerate(self.inner.head))
+
+    @property
+    def tail(self):
+        return tuple(self.wrap(f, None) for f in self.inner.tail)
+
+    @property
+    def order(self):
+        return self.inner.order
+
+    @property
+    def stochastic(self):
+        return self.inner.stochastic
+
+    def gather(self, state, ancestors):
+        return self.inner.gather(state, ancestors)
+
+
+@solver_value
+class DenoiseToZero(Wrapper):
+    """`inner` followed by one more evaluation at the grid's last time; build it with `denoise_to_zero`."""
+
+    inner: Solver
+
+    def wrap(self, step_fn, index):
+        del index
+        return step_fn
+
+    @property
+    def tail(self):
+        return self.inner.tail[:-1] + (self._last,)
+
+    def _last(self, state, key, t, t_next, denoise):
+        last = self.inner.tail[-1] if self.inner.tail else self.inner.step
+        state, info = last(state, key, t, t_next, denoise)
+        x0 = denoise(state.x, t_next).x0
+        return state._replace(x=x0.astype(state.x.dtype)), StepInfo(info.nfe + 1, info.x0)
+
+
+def denoise_to_zero(solver: Solver) -> Solver:
+    """`solver` followed by one evaluation at the grid's last time that returns its data prediction
+    x0 (DDPM's and score_sde's final denoising; DPM-Solver's `denoise_to_zero`).
+
+    Args:
+      solver: any solver.
+
+    Returns:
+      A solver with the same steps whose last step also replaces the sample by x0-hat at the final
+      time: one more NFE, no extra grid point.
+    """
+    check_solver("solver", solver)
+    return DenoiseToZero(solver)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FunctionSolver(Solver):
+    init_fn: Callable
+    step_fn: Callable
+    head_fns: tuple = ()
+    tail_fns: tuple = ()
+    declared_order: float = 1.0
+    is_stochastic: bool = False
+
+    def init(self, x, timesteps):
+        return self.init_fn(x, timesteps)
+
+    def step(self, state, key, t, t_next, denoise):
+        return self.step_fn(state, key, t, t_next, denoise)
+
+    @property
+    def head(self):
+        return self.head_fns
+
+    @property
+    def tail(self):
+        return self.tail_fns
+
+    @property
+    def order(self):
+        return self.declared_order
+
+    @property
+    def stochastic(self):
+        return self.is_stochastic
+
+
+jax.tree_util.register_static(_FunctionSolver)
+
+
+def custom(init: Callable, step: Callable, *, head=(), tail=(), order: float = 1.0, stochastic: bool = False):
+    """A solver from plain functions, for experiments: `init(x_T, timesteps) -> state` and
+    `step(state, key, t, t_next, denoise) -> (state, StepInfo)`, with optional head and tail step
+    functions. It is hashed by the identity of its functions, so build it once and reuse it; write
+    a `solver_value` class instead to get equality by options.
+
+    Returns:
+      A `Solver`.
+    """
+    for name, fn in (("init", init), ("step", step)):
+        if not callable(fn):
+            raise ValueError(f"{name} must be callable, got {fn!r}")
+    return _FunctionSolver(init, step, tuple(head), tuple(tail), float(order), bool(stochastic))
+
+
+def check_solver(name: str, solver) -> Solver:
+    """Raise a ValueError naming `name` unless `solver` is a diffjax Solver."""
+    if not isinstance(solver, Solver):
+        raise ValueError(f"{name} must be a diffjax Solver (e.g. dj.solvers.ddim()), got {solver!r}")
+    return solver
+
+
+def check_gaussian(name: str, solver) -> GaussianSolver:
+    """Raise a ValueError naming `name` unless `solver` is a stochastic `GaussianSolver` without head or
+    tail steps: a proposal kernel with a density (DDIM(eta > 0), DDPM, Euler-ancestral,
+    SDE-DPM-Solver++, Euler-Maruyama)."""
+    check_solver(name, solver)
+    if not (isinstance(solver, GaussianSolver) and solver.stochastic and not solver.head and not solver.tail):
+        raise ValueError(
+            f"{name} must be a stochastic solver whose step is one Gaussian transition (ddim(eta>0), ddpm, "
+            f"euler_ancestral, dpmpp_2m_sde, euler_maruyama), got {solver!r}"
+        )
+    return solver
+
+
+def single_step_init(x, timesteps):
+    """`init` of a solver whose state is only the sample (for `custom`)."""
+    del timesteps
+    return State(x)

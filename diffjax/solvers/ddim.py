@@ -4,29 +4,46 @@
     c  = eta sigma' sqrt(1 - SNR(t)/SNR(t'))
 
 eta = 0 is the deterministic sampler (the exponential-integrator / Euler step of the probability
-flow ODE); eta = 1 draws from the DDPM posterior q(x_t' | x_t, x0) with variance beta-tilde.
+flow ODE); eta = 1 draws from the DDPM posterior q(x_t' | x_t, x0) with variance beta-tilde
+(`diffjax.gaussian.posterior`, the one home of this formula).
 """
 
-import jax.numpy as jnp
-
-from diffjax import _checks
-from diffjax.solvers.base import Solver, State, StepInfo, noise_like, single_step_init
+from diffjax import _checks, gaussian
+from diffjax.solvers.base import GaussianSolver, solver_value
 
 
-def ddim(eta: float = 0.0) -> Solver:
-    eta = _checks.in_range("eta", eta, 0.0, 1.0)
+@solver_value
+class DDIM(GaussianSolver):
+    """DDIM with noise level `eta`; build it with `ddim`."""
 
-    def step(state, key, t, t_next, denoise):
-        sched = denoise.schedule
-        x = state.x
-        pred = denoise(x, t)
-        alpha_next, sigma_next = sched.alpha(t_next), sched.sigma(t_next)
-        # 1 - SNR(t)/SNR(t') computed as -expm1(logsnr(t) - logsnr(t')), exact also at sigma' = 0.
-        gap = -jnp.expm1(sched.logsnr(t) - sched.logsnr(t_next))
-        x_next = alpha_next * pred.x0 + sigma_next * jnp.sqrt(1.0 - eta**2 * gap) * pred.eps
-        if eta > 0:
-            noise = noise_like(key, x)
-            x_next = x_next + eta * sigma_next * jnp.sqrt(gap) * noise
-        return State(x_next.astype(x.dtype)), StepInfo(jnp.int32(1), pred.x0)
+    eta: float = 0.0
 
-    return Solver(single_step_init, step)
+    def transition(self, state, pred, t, t_next, schedule):
+        del state
+        return gaussian.posterior(schedule, pred.x0, pred.eps, t, t_next, eta=self.eta)
+
+    @property
+    def stochastic(self):
+        return self.eta > 0
+
+    @property
+    def order(self):
+        return 1.0
+
+
+def ddim(eta: float = 0.0) -> DDIM:
+    """DDIM (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models"), for any schedule.
+
+    Each step from t to t' is x' = alpha' x0 + sigma' sqrt(1 - eta^2 g) eps + eta sigma' sqrt(g) z
+    with g = 1 - SNR(t)/SNR(t') and z ~ N(0, I) drawn from the step's key. It keeps the model's
+    marginals for every eta.
+
+    Args:
+      eta: noise level in [0, 1]. 0 is the deterministic DDIM sampler (first order on the
+        probability-flow ODE, equal to `euler()`); 1 samples the DDPM posterior q(x_t' | x_t, x0)
+        (equal to `ddpm()`); values between interpolate the injected noise.
+
+    Returns:
+      A `GaussianSolver` value: `ddim(0.5) == ddim(0.5)`, and both share one compiled sampler.
+    """
+    return DDIM(_checks.in_range("eta", eta, 0.0, 1.0))

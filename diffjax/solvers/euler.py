@@ -10,11 +10,14 @@ Algebraically this is DDIM(eta=0); it needs alpha > 0 where a step starts.
 
 import jax.numpy as jnp
 
-from diffjax.solvers.base import Solver, State, StepInfo, single_step_init
+from diffjax.solvers.base import Solver, State, StepInfo, solver_value
 
 
-def euler() -> Solver:
-    def step(state, key, t, t_next, denoise):
+@solver_value
+class Euler(Solver):
+    """Euler's method on the PF-ODE; build it with `euler`."""
+
+    def step(self, state, key, t, t_next, denoise):
         del key
         sched = denoise.schedule
         x = state.x
@@ -26,4 +29,18 @@ def euler() -> Solver:
         x_next = alpha_next * (x_bar + (s_next - s) * d)
         return State(x_next.astype(x.dtype)), StepInfo(jnp.int32(1), pred.x0)
 
-    return Solver(single_step_init, step)
+    @property
+    def order(self):
+        return 1.0
+
+
+def euler() -> Euler:
+    """Euler's method on the probability-flow ODE in EDM's variables (Karras et al. 2022, "Elucidating
+    the Design Space of Diffusion-Based Generative Models"; k-diffusion's `sample_euler`):
+    x_bar' = x_bar + (s' - s)(x_bar - x0)/s with x_bar = x/alpha, s = sigma/alpha. First order;
+    algebraically DDIM(eta=0). Needs alpha > 0 where a step starts.
+
+    Returns:
+      A `Solver` value.
+    """
+    return Euler()

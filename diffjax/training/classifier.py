@@ -22,9 +22,8 @@ import optax
 from flax import struct
 
 from diffjax import _checks, specs
-from diffjax.denoiser import broadcast_to_x
+from diffjax.arrays import broadcast_to_x, noise_like
 from diffjax.schedules import Schedule
-from diffjax.solvers.base import noise_like
 from diffjax.training import time_sampling
 
 

@@ -62,9 +62,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffjax import _checks, predictions, specs
-from diffjax.denoiser import broadcast_to_x, network_inputs
+from diffjax.arrays import broadcast_to_x, noise_like
+from diffjax.denoiser import network_inputs
 from diffjax.schedules import Discrete, Schedule
-from diffjax.solvers.base import noise_like
 from diffjax.training import time_sampling
 
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm", "vdm")
