@@ -48,7 +48,7 @@ def build(size=32):
     c_params = classifier.init(jax.random.key(1), x)
     sched = dj.schedules.vp_cosine()
     den = dj.Denoiser(dj.models.apply_fn(unet), params, schedule=sched, prediction="eps")
-    reward = dj.steering.rewards.class_log_prob(lambda x: classifier.apply(c_params, x).logits, target=0)
+    reward = dj.steering.rewards.classifier_reward(classifier, c_params, target=0)  # weights are data
     return den, sched, reward
 
 

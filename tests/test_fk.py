@@ -13,6 +13,7 @@ Gaussian product N(mu, s^2) exp(-lambda q (x - c)^2 / 2): precision 1/s^2 + lamb
 (means, covariances and mode weights within 5 Monte Carlo standard errors).
 """
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,7 +216,7 @@ def test_chunked_rewards_give_the_same_run():
     parts = dj.steering.fk_steer(*args, lmbda=LMBDA, reward_chunk=4)
     np.testing.assert_allclose(parts.x, whole.x, rtol=1e-12)
     np.testing.assert_allclose(parts.log_weights, whole.log_weights, rtol=1e-12, atol=1e-12)
-    assert dj.steering.chunked(reward, 4) is dj.steering.chunked(reward, 4)
+    assert dj.steering.chunked(reward, 4) == dj.steering.chunked(reward, 4)
     with pytest.raises(ValueError, match="reward_chunk"):
         dj.steering.fk_steer(*args, lmbda=LMBDA, reward_chunk=5)
 
@@ -228,3 +229,113 @@ def test_many_sample_reward_is_the_log_mean_exp_over_gaussian_x0_draws():
     exact = np.asarray(x0) @ A + 0.5 * v * A @ A
     rel_sd = np.sqrt(np.expm1(v * A @ A))
     np.testing.assert_allclose(estimate, exact, atol=5 * rel_sd / np.sqrt(20_000))
+
+
+@pytest.mark.parametrize("potential", ["max", "sum", "rt"])
+def test_each_potential_with_its_default_schedule_is_the_exactly_tilted_mixture(potential):
+    # the default schedule of max/sum/rt is the FK paper's sparse one (every fifth of the grid: steps
+    # 3, 6, 9, 12 of 16); every step scheduled degenerates them (ESS 7-23 of 256 on this mixture)
+    assert np.flatnonzero(dj.steering.default_schedule(potential, STEPS).steps).tolist() == [3, 6, 9, 12]
+    particles, _, sched, ts = steer(potential)
+    target, _ = tilted()
+    assert_matches_target(dj.steering.resampled(jax.random.key(7), particles), target, sched, ts[-1])
+
+
+S = dj.solvers
+# Every registered solver that can draw noise, with the options that make it stochastic, and a grid
+# fine enough that its own law is exact within the Monte Carlo error of 512 draws (5 SE).
+STOCHASTIC = {
+    "ddim": (S.ddim(eta=1.0), 64),
+    "ddpm": (S.ddpm(), 64),
+    "euler_ancestral": (S.euler_ancestral(), 64),
+    "dpmpp_2m_sde": (S.dpmpp_2m_sde(), 64),
+    "euler_maruyama": (S.euler_maruyama(), 256),
+    "heun": (S.heun(s_churn=20.0), 64),
+    "predictor_corrector": (S.predictor_corrector(S.ddpm(), snr=0.05), 128),
+}
+
+
+def test_the_stochastic_table_covers_every_registered_stochastic_solver():
+    for name, make in S.REGISTRY.items():
+        assert name in STOCHASTIC or not make().stochastic, name
+        if name in STOCHASTIC:
+            assert STOCHASTIC[name][0].stochastic, name
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_fk_with_every_stochastic_solver_hits_the_tilted_target(name):
+    # the proposal is now the solver itself (not the exact kernel): at a step count where its own
+    # law is exact within Monte Carlo error, FK's resampled output matches the exactly tilted mixture
+    solver, steps = STOCHASTIC[name]
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.logsnr_uniform(sched, steps, t_min=1e-3)
+    b, k = 512, 16
+    x_T = gmm.sample(jax.random.key(0), b * k, sched, ts[0]).reshape(b, k, 2)
+    particles = dj.steering.fk_steer(solver, gmm.denoiser(sched), ts, jax.random.key(1), x_T, reward, lmbda=LMBDA)
+    target, _ = tilted()
+    assert_matches_target(dj.steering.resampled(jax.random.key(7), particles), target, sched, ts[-1])
+
+
+def test_a_loop_over_the_kernel_equals_fk_steer_bit_for_bit():
+    # fk_steer is the FK kernel driven by sampling.run_steps; the same kernel stepped by hand (a
+    # multistep SDE solver, so the history is resampled too) gives the same bits
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
+    b, k = 3, 8
+    x_T = gmm.sample(jax.random.key(0), b * k, sched, ts[0]).reshape(b, k, 2)
+    solver, den, key = S.dpmpp_2m_sde(), gmm.denoiser(sched), jax.random.key(1)
+    driven = dj.steering.fk_steer(solver, den, ts, key, x_T, reward, lmbda=LMBDA, potential="max")
+
+    @jax.jit
+    def by_hand(x_T, key):
+        kernel = dj.steering.fk.fk(solver, reward, lmbda=LMBDA, num_particles=k, num_steps=8, potential="max")
+        keys = jax.random.split(key, 8)
+        state, infos = kernel.init(x_T.reshape(b * k, 2), ts), []
+        for i in range(8):
+            state, info = kernel.step(state, keys[i], ts, i, den)
+            infos.append(info)
+        return kernel.finish(state, None, jax.tree.map(lambda *a: jnp.stack(a), *infos))
+
+    loop = by_hand(x_T, key)
+    for got, want in zip(jax.tree.leaves(loop), jax.tree.leaves(driven)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_resampling_hands_each_particle_its_ancestors_time_and_history():
+    # time_shift gives each particle its own time (from its variance) and dpmpp_2m_sde a history of
+    # past x0-hats: after a resampling step every particle carries exactly its ancestor's of both
+    sched = dj.schedules.discrete()
+    gmm = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES)
+    ts = dj.timesteps.diffusers(sched, 10)
+    solver = S.time_shift(S.dpmpp_2m_sde(), window=200, cutoff=0)
+    kernel = dj.steering.fk.fk(solver, reward, lmbda=5.0, num_particles=8, num_steps=10)
+    den = gmm.denoiser(sched)
+    state = kernel.init(gmm.sample(jax.random.key(0), 2 * 8, sched, ts[0]), ts)
+    for i in range(3):
+        before = state
+        key = jax.random.key(10 + i)
+        state, info = kernel.step(state, key, ts, i, den)
+    key_solver = jax.random.split(key, 3)[0]
+    moved, _ = solver.step(before.solver, key_solver, ts[2], ts[3], den)  # the step before resampling
+    assert bool(jnp.all(info.resampled)) and len(np.unique(np.asarray(moved.t))) > 1
+    ancestors = np.asarray(info.ancestors + 8 * jnp.arange(2)[:, None]).reshape(-1)
+    assert len(np.unique(ancestors)) < 16  # some particles were copied
+    np.testing.assert_array_equal(state.solver.t, np.asarray(moved.t)[ancestors])
+    np.testing.assert_array_equal(state.solver.inner.x, np.asarray(moved.inner.x)[ancestors])
+    np.testing.assert_array_equal(state.solver.inner.models.values, np.asarray(moved.inner.models.values)[:, ancestors])
+
+
+def test_a_classifier_reward_with_new_parameters_does_not_recompile():
+    # rewards are values: a classifier's parameters are pytree leaves, so FK with new weights (and a
+    # new lmbda) reuses the compiled program, and the new weights change the result
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 6, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 2 * 4, sched, ts[0]).reshape(2, 4, 2)
+    net = flax.linen.Dense(3)
+    params = [net.init(jax.random.key(s), jnp.zeros((1, 2))) for s in (0, 1)]
+    before = dj.steering.fk._fk_steer._cache_size()
+    runs = [dj.steering.fk_steer(S.ddpm(), gmm.denoiser(sched), ts, jax.random.key(1), x_T,
+                                 dj.steering.rewards.classifier_reward(net, p, target=1), lmbda=lmbda)
+            for p, lmbda in zip(params, (1.0, 3.0))]  # fmt: skip
+    assert dj.steering.fk._fk_steer._cache_size() == before + 1
+    assert not np.array_equal(runs[0].rewards, runs[1].rewards)

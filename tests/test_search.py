@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +39,11 @@ def test_rounds_trace_the_best_so_far_and_the_nfe():
     trace = np.asarray(result.trace)
     assert trace.shape == (4, 16) and np.all(np.diff(trace, axis=0) >= 0)
     assert int(result.nfe) == 4 * 3 * 6
+    # the chosen noise regenerates the sample: to the last bits the compiled search and a separate
+    # call may round differently (the generator's parameters are data, not constants, so XLA fuses
+    # its arithmetic differently in the two programs), hence 1e-14 rather than bit equality
     again, _ = generator.fn(result.noise, None)
-    np.testing.assert_array_equal(again, result.x)
+    np.testing.assert_allclose(again, result.x, rtol=0, atol=1e-14)
 
 
 def test_best_reward_under_the_exact_pf_ode_has_cdf_f_to_the_n():
@@ -77,7 +81,7 @@ def test_zero_order_neighbours_keep_the_norm_and_cosine_and_the_best_never_drops
     assert np.all(np.diff(trace, axis=0) >= 0) and np.any(np.diff(trace, axis=0) > 0)
     assert int(result.nfe) == 6 * (3 + 1) * 5
     again, _ = generator.fn(result.noise, None)
-    np.testing.assert_array_equal(again, result.x)
+    np.testing.assert_allclose(again, result.x, rtol=0, atol=1e-14)  # to rounding, as above
     np.testing.assert_allclose(FIRST(result.x), result.score)
 
 
@@ -198,3 +202,60 @@ def test_bad_search_arguments_raise_before_tracing():
     with pytest.raises(ValueError, match="seed_bank"):
         dj.steering.random_search(gen, FIRST, jax.random.key(0), (2, 2), num_candidates=4,
                                   seed_bank=seeds.SeedBank((1, 2), (0.0, 0.0)))  # fmt: skip
+
+
+S = dj.solvers
+STOCHASTIC = {
+    "ddim": S.ddim(eta=1.0),
+    "ddpm": S.ddpm(),
+    "euler_ancestral": S.euler_ancestral(),
+    "dpmpp_2m_sde": S.dpmpp_2m_sde(),
+    "euler_maruyama": S.euler_maruyama(),
+    "heun": S.heun(s_churn=20.0),
+    "predictor_corrector": S.predictor_corrector(S.ddpm(), snr=0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC))
+def test_noise_search_with_every_stochastic_solver_replays_exactly(name):
+    # any stochastic solver: its state is fanned out to the C candidates, the step's first network
+    # call reuses the chosen candidate's scoring prediction where it is the same call, and replaying
+    # `choices` with the same key reproduces the result bit for bit
+    solver = STOCHASTIC[name]
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 6, t_min=1e-3)
+    x_T = gmm.sample(jax.random.key(0), 64, sched, ts[0])
+    args = (gmm.denoiser(sched), ts, jax.random.key(1), x_T, FIRST)
+    result = dj.steering.noise_search(*args, num_candidates=3, solver=solver)
+    replay = dj.steering.noise_search(*args, num_candidates=3, solver=solver, choices=result.choices)
+    np.testing.assert_array_equal(replay.x, result.x)
+    np.testing.assert_array_equal(replay.trace, result.trace)
+    if isinstance(solver, S.GaussianSolver):  # one evaluation per step, reused: C scorings per step
+        assert int(result.nfe) == 1 + 6 * 3
+    plain = dj.steering.noise_search(*args, num_candidates=1, solver=solver)
+    assert float(result.score.mean()) > float(plain.score.mean())
+
+
+def test_noise_search_needs_a_stochastic_solver():
+    gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 4, t_min=1e-3)
+    with pytest.raises(ValueError, match="stochastic"):
+        dj.steering.noise_search(gmm.denoiser(sched), ts, jax.random.key(1), jnp.zeros((2, 2)), FIRST,
+                                 num_candidates=2, solver=S.dpmpp_2m())  # fmt: skip
+
+
+def test_a_generator_and_a_verifier_with_new_parameters_do_not_recompile():
+    # generators and verifiers are values: a new mixture (the denoiser's parameters) and a new
+    # classifier's weights reuse the compiled search, and change its result
+    sched = dj.schedules.vp_linear()
+    ts = dj.timesteps.uniform(sched, 4, t_min=1e-3)
+    net = flax.linen.Dense(2)
+    before = search._random_search._cache_size()
+    results = []
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        gmm = dj.data.GaussianMixture(WEIGHTS, np.asarray(MEANS) + shift, SCALES)
+        generator = search.ode_generator(S.euler(), gmm.denoiser(sched), ts)
+        verifier = rewards.classifier_reward(net, net.init(jax.random.key(seed), jnp.zeros((1, 2))), target=0)
+        results.append(dj.steering.random_search(generator, verifier, jax.random.key(2), (8, 2), num_candidates=2))
+    assert search._random_search._cache_size() == before + 1
+    assert not np.allclose(results[0].x, results[1].x)

@@ -6,13 +6,15 @@ once. See `fk`, `twisted` (TDS) and `inpaint` (SMCDiff) for the algorithms, `res
 `rewards` for reward builders; `search`, `verifiers` and `seeds` for search.
 """
 
-from diffjax.steering import fk, inpaint, particles, resampling, rewards, search, seeds, twisted, verifiers
-from diffjax.steering.fk import POTENTIALS, chunked, fk_steer, importance_sample
+from diffjax.steering import fk, inpaint, particles, resampling, rewards, search, seeds, twisted, twists, verifiers
+from diffjax.steering.fk import FK, POTENTIALS, FKInfo, FKState, default_schedule, fk_steer, importance_sample
+from diffjax.steering.rewards import chunked
 from diffjax.steering.inpaint import smcdiff
 from diffjax.steering.particles import Particles, best_of, resampled, weighted
 from diffjax.steering.resampling import ess, maybe_resample, normalise, resampling_schedule
 from diffjax.steering.search import (
     Generator,
+    ODEGenerator,
     SearchResult,
     noise_search,
     ode_generator,
@@ -21,10 +23,17 @@ from diffjax.steering.search import (
     zero_order_search,
 )
 from diffjax.steering.seeds import SeedBank, golden_seeds
-from diffjax.steering.twisted import classifier_twist, inpainting_twist, reward_twist, tds
+from diffjax.steering.twisted import tds
+from diffjax.steering.twists import classifier_twist, inpainting_twist, reward_twist
 
 __all__ = [
+    "FK",
+    "FKInfo",
+    "FKState",
     "Generator",
+    "ODEGenerator",
+    "default_schedule",
+    "twists",
     "SearchResult",
     "SeedBank",
     "golden_seeds",

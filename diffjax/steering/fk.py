@@ -17,8 +17,10 @@ Potentials on the intermediate reward r_i (`POTENTIALS`; FK's names):
 
 - "diff": log G_i = lambda (r_i - r_{i-1}), r_{-1} = 0; the product telescopes to lambda r_last.
 - "max": lambda max(r_0..r_i);  "sum": lambda (r_0 + ... + r_i);  "rt": lambda r_i
-  (indices over the scheduled steps). "sum" weighs early rewards once per later step, so its
-  weights degenerate quickly when many steps are scheduled; prefer a sparse schedule.
+  (indices over the scheduled steps). These three count early rewards again at every later
+  scheduled step, so with every step scheduled their weights degenerate (ESS 7-23 of 256 on the
+  tests' mixture, means off by 0.2-0.9, not shrinking with K); their default schedule is
+  therefore the paper's sparse one (`resampling.fk_paper_schedule`: every fifth of the grid).
 - a callable (potential_state, r_i, lmbda) -> log G_i.
 
 The intermediate reward is r evaluated on the data prediction x0-hat(x_{t_i}) that step i's
@@ -30,25 +32,31 @@ N(m, s^2 I) (s = `x0_std`): M reward calls per scheduled step, no extra network 
 Non-finite rewards give log G = -inf: the particle is
 never chosen again, and it never turns into NaN samples.
 
-Resampling needs the whole solver state of a particle: every state leaf whose trailing shape is
-x's (the sample, multistep histories) is gathered along the particle axis.
+Resampling needs the whole solver state of a particle: the solver declares how to take it at
+the ancestors (`Solver.gather`: the sample, multistep histories, time_shift's per-sample times).
+
+The algorithm is a kernel (`FK`: `init`, `step`, `finish`) that a researcher can drive in a loop
+of their own; `fk_steer` drives it with `sampling.run_steps` in one `jit`.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, noise_like
+from diffjax.arrays import as_pytree, noise_like, per_particle
+from diffjax.sampling import check_denoiser, check_steps, run_steps
+from diffjax.solvers.base import Solver, check_solver
 from diffjax.steering import resampling
 from diffjax.steering.particles import Particles, check_run, collect
+from diffjax.steering.rewards import chunked
 
 
 class PotentialState(NamedTuple):
@@ -81,37 +89,8 @@ POTENTIALS = {"diff": _diff, "max": _max, "sum": _sum, "rt": _rt}
 REWARD_ON = ("x0", "xt", "many")
 
 
-def _gather_state(state, ancestors, x_shape):
-    """Every leaf whose trailing shape is x's (N, *event) taken at `ancestors` (N,) along that axis."""
-
-    def take(leaf):
-        if jnp.ndim(leaf) >= len(x_shape) and jnp.shape(leaf)[jnp.ndim(leaf) - len(x_shape) :] == x_shape:
-            return jnp.take(leaf, ancestors, axis=jnp.ndim(leaf) - len(x_shape))
-        return leaf
-
-    return jax.tree.map(take, state)
-
-
 def _safe_reward(r):
     return jnp.where(jnp.isfinite(r), r, -jnp.inf)
-
-
-@functools.cache
-def chunked(reward: Callable, chunk_size: int) -> Callable:
-    """`reward` evaluated on `chunk_size` particles at a time (`jax.lax.map` over chunks), to bound
-    the memory of large reward models; N must be a multiple of chunk_size. Same values as `reward`.
-    Cached, so the same (reward, chunk_size) gives the same function and `fk_steer` compiles once."""
-    chunk_size = _checks.positive_int("chunk_size", chunk_size)
-
-    def evaluate(x, cond):
-        n = x.shape[0]
-        if n % chunk_size:
-            raise ValueError(f"the number of particles B*K={n} must be a multiple of chunk_size={chunk_size}")
-        split = lambda a: a.reshape((n // chunk_size, chunk_size) + a.shape[1:])  # noqa: E731
-        parts = jax.lax.map(lambda args: reward(*args), (split(x), jax.tree.map(split, cond)))
-        return parts.reshape(n)
-
-    return evaluate
 
 
 def many_sample_reward(reward: Callable, key, x0, cond, std, num_samples: int):
@@ -122,34 +101,74 @@ def many_sample_reward(reward: Callable, key, x0, cond, std, num_samples: int):
     return jax.nn.logsumexp(rewards, axis=0) - jnp.log(num_samples)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("solver", "reward", "num_particles", "potential", "reward_on", "num_x0_samples",
-                     "resample_steps", "threshold", "resampler", "drop_weights"),
-)  # fmt: skip
-def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, x0_std, num_particles, potential, reward_on,
-        num_x0_samples, resample_steps, threshold, resampler, drop_weights):  # fmt: skip
-    n = x_T.shape[0]
-    b, k = n // num_particles, num_particles
-    x_shape = x_T.shape
-    log_g_fn = POTENTIALS[potential] if isinstance(potential, str) else potential
-    resample_fn = resampling.RESAMPLERS[resampler]
-    mask = jnp.asarray(resample_steps)
-    steps = timesteps.shape[0] - 1
-    keys = jax.random.split(key, (steps, 3))
-    zeros = jnp.zeros(n, x_T.dtype)
-    carry = (solver.init(x_T, timesteps), jnp.zeros(n, x_T.dtype), PotentialState(zeros, zeros, zeros, zeros),
-             jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))  # fmt: skip
+class FKState(NamedTuple):
+    """The state of FK steering over N = B K flat particles (`FK.init` / `FK.step`)."""
 
-    def potential_step(pot, x, key, t):
+    solver: Any  # the solver's state of every particle
+    log_weights: jax.Array  # (N,) carried log-weights
+    potential: PotentialState  # per-particle reward statistics along the ancestry
+    log_z: jax.Array  # (B,) running log Z-hat
+    degenerate: jax.Array  # (B,) int32: steps at which every log-weight was -inf
+    i: jax.Array  # int32: steps taken
+
+
+class FKInfo(NamedTuple):
+    """What one FK step did, per condition."""
+
+    ess: jax.Array  # (B,) ESS of the weights before resampling
+    resampled: jax.Array  # (B,) bool
+    ancestors: jax.Array  # (B, K) int32 ancestors within each population
+    nfe: jax.Array  # network evaluations of the solver step, per particle
+
+
+@struct.dataclass
+class FK:
+    """Feynman–Kac steering as a kernel (blackjax style): `init`, `step`, `finish`; `fk_steer` drives it.
+
+    A value: the solver, the reward (a pytree; plain functions are wrapped by `arrays.as_pytree`),
+    `lmbda` and `x0_std` are data, the rest static configuration. Build it with `fk`. A loop of
+    your own over the grid gives the same particles as `fk_steer`, bit for bit:
+
+        kernel = dj.steering.fk(solver, reward, lmbda=2.0, num_particles=K, num_steps=n)
+        state = kernel.init(x_T.reshape(B * K, *event), ts)
+        for i in range(n):
+            state, info = kernel.step(state, keys[i], ts, i, den, cond)
+        particles = kernel.finish(state, cond)
+
+    with `keys = jax.random.split(key, n)` and `cond` repeated per particle (`arrays.per_particle`).
+    """
+
+    solver: Solver
+    reward: Any
+    lmbda: jax.Array
+    x0_std: jax.Array
+    num_particles: int = struct.field(pytree_node=False)
+    resample_steps: tuple = struct.field(pytree_node=False)
+    threshold: float | None = struct.field(pytree_node=False, default=None)
+    potential: Any = struct.field(pytree_node=False, default="diff")
+    reward_on: str = struct.field(pytree_node=False, default="x0")
+    num_x0_samples: int = struct.field(pytree_node=False, default=4)
+    resampler: str = struct.field(pytree_node=False, default="systematic")
+    drop_weights: bool = struct.field(pytree_node=False, default=False)
+
+    def init(self, x_T, timesteps) -> FKState:
+        """The state at timesteps[0] for flat particles x_T (B K, *event), all weights equal."""
+        n = x_T.shape[0]
+        b = n // self.num_particles
+        zeros = jnp.zeros(n, x_T.dtype)
+        return FKState(self.solver.init(x_T, timesteps), zeros, PotentialState(zeros, zeros, zeros, zeros),
+                       jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32), jnp.int32(0))  # fmt: skip
+
+    def _potential(self, pot, x, key, t, schedule, cond, dtype):
         """(log G (N,), new potential state) from the intermediate reward on x."""
-        if reward_on == "many":
-            alpha, sigma = denoiser.schedule.alpha(t), denoiser.schedule.sigma(t)
-            std = x0_std * sigma / jnp.sqrt(alpha**2 * x0_std**2 + sigma**2)
-            r = many_sample_reward(reward, key, x, cond, std, num_x0_samples).astype(x_T.dtype)
+        if self.reward_on == "many":
+            alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+            std = self.x0_std * sigma / jnp.sqrt(alpha**2 * self.x0_std**2 + sigma**2)
+            r = many_sample_reward(self.reward, key, x, cond, std, self.num_x0_samples).astype(dtype)
         else:
-            r = _safe_reward(reward(x, cond).astype(x_T.dtype))
-        log_g = log_g_fn(pot, r, lmbda)
+            r = _safe_reward(self.reward(x, cond).astype(dtype))
+        log_g_fn = POTENTIALS[self.potential] if isinstance(self.potential, str) else self.potential
+        log_g = log_g_fn(pot, r, self.lmbda)
         log_g = jnp.where(jnp.isfinite(r) & ~jnp.isnan(log_g), log_g, -jnp.inf)
         finite_r = jnp.where(jnp.isfinite(r), r, pot.previous)
         new = PotentialState(
@@ -160,36 +179,118 @@ def _fk(solver, denoiser, reward, timesteps, key, x_T, cond, lmbda, x0_std, num_
         )
         return log_g, new
 
-    def advance(carry, i, step_fn):
-        state, log_w, pot, log_z, degenerate = carry
-        state, info = step_fn(state, keys[i, 0], timesteps[i], timesteps[i + 1], denoiser)
-        x_reward = state.x if reward_on == "xt" else info.x0
-        skip = lambda pot, *_: (jnp.zeros(n, x_T.dtype), pot)  # noqa: E731
-        log_g, pot = jax.lax.cond(mask[i], potential_step, skip, pot, x_reward, keys[i, 2], timesteps[i])
-        log_w = log_w + log_g
-        out = resampling.resample_flat(keys[i, 1], log_w, k, mask[i], threshold, resample_fn)
-        state = _gather_state(state, out.ancestors, x_shape)
-        pot = jax.tree.map(lambda a: a[out.ancestors], pot)
-        new_log_w = jnp.zeros_like(log_w) if drop_weights else out.log_weights
-        trace = (out.ess, out.resampled, out.local_ancestors, info.nfe)
-        return (state, new_log_w, pot, log_z + out.log_z_increment, degenerate + out.degenerate), trace
+    def step(self, state: FKState, key, timesteps, i, denoiser, cond=None):
+        """Sampling step i (a Python int, or traced for steps without head/tail functions): move every
+        particle with the solver, and at scheduled steps multiply the weights by the potential and
+        resample. `denoiser` carries the per-particle condition; `cond` is the reward's.
 
-    traces = []
-    for i, step_fn in enumerate(solver.head):
-        carry, trace = advance(carry, i, step_fn)
-        traces.append(jax.tree.map(lambda a: a[None], trace))
-    middle = jnp.arange(len(solver.head), steps - len(solver.tail))
-    carry, trace = jax.lax.scan(lambda c, i: advance(c, i, solver.step), carry, middle)
-    traces.append(trace)
-    for j, step_fn in enumerate(solver.tail):
-        carry, trace = advance(carry, steps - len(solver.tail) + j, step_fn)
-        traces.append(jax.tree.map(lambda a: a[None], trace))
-    ess, resampled, ancestors, nfe = jax.tree.map(lambda *parts: jnp.concatenate(parts), *traces)
+        Returns:
+          (FKState, FKInfo).
+        """
+        key_solver, key_resample, key_reward = jax.random.split(key, 3)
+        num_steps = timesteps.shape[0] - 1
+        dtype = state.log_weights.dtype
+        step_fn = self.solver.step_at(i, num_steps)
+        solver_state, info = step_fn(state.solver, key_solver, timesteps[i], timesteps[i + 1], denoiser)
+        x_reward = solver_state.x if self.reward_on == "xt" else info.x0
+        def potential(pot, x, key):
+            return self._potential(pot, x, key, timesteps[i], denoiser.schedule, cond, dtype)
 
-    state, log_w, pot, log_z, degenerate = carry
-    final_r = _safe_reward(reward(state.x, cond).astype(x_T.dtype))
-    log_w = log_w + jnp.where(jnp.isfinite(final_r), lmbda * final_r - pot.log_product, -jnp.inf)
-    return collect(state.x, log_w, final_r, log_z, degenerate, (ess, resampled, ancestors), k, jnp.sum(nfe))
+        def skip(pot, x, key):
+            del x, key
+            return jnp.zeros_like(state.log_weights), pot
+
+        if isinstance(i, int):  # an unrolled step: the schedule is known here
+            scheduled = self.resample_steps[i]
+            log_g, pot = (potential if scheduled else skip)(state.potential, x_reward, key_reward)
+        else:  # rewards cost only at scheduled steps
+            scheduled = jnp.asarray(self.resample_steps)[i]
+            log_g, pot = jax.lax.cond(scheduled, potential, skip, state.potential, x_reward, key_reward)
+        log_w = state.log_weights + log_g
+        out = resampling.resample_flat(key_resample, log_w, self.num_particles, scheduled, self.threshold,
+                                       resampling.RESAMPLERS[self.resampler])  # fmt: skip
+        new = FKState(
+            solver=self.solver.gather(solver_state, out.ancestors),
+            log_weights=jnp.zeros_like(log_w) if self.drop_weights else out.log_weights,
+            potential=jax.tree.map(lambda a: a[out.ancestors], pot),
+            log_z=state.log_z + out.log_z_increment,
+            degenerate=state.degenerate + out.degenerate,
+            i=state.i + 1,
+        )
+        return new, FKInfo(out.ess, out.resampled, out.local_ancestors, info.nfe)
+
+    def finish(self, state: FKState, cond=None, infos: FKInfo | None = None) -> Particles:
+        """`Particles` after the last step: the final reward's correction lmbda r(x0) - sum log G
+        along each ancestry, weights normalised per condition. `infos`: the stacked `FKInfo` of
+        every step (their trace; without it the trace fields are empty)."""
+        x = state.solver.x
+        dtype = state.log_weights.dtype
+        final_r = _safe_reward(self.reward(x, cond).astype(dtype))
+        log_w = state.log_weights + jnp.where(jnp.isfinite(final_r),
+                                              self.lmbda * final_r - state.potential.log_product, -jnp.inf)  # fmt: skip
+        b = state.log_z.shape[0]
+        if infos is None:
+            infos = FKInfo(jnp.zeros((0, b), dtype), jnp.zeros((0, b), bool),
+                           jnp.zeros((0, b, self.num_particles), jnp.int32), jnp.zeros((0,), jnp.int32))  # fmt: skip
+        trace = (infos.ess, infos.resampled, infos.ancestors)
+        return collect(x, log_w, final_r, state.log_z, state.degenerate, trace, self.num_particles,
+                       jnp.sum(infos.nfe))  # fmt: skip
+
+
+def fk(solver: Solver, reward: Callable, *, lmbda: float, num_particles: int, num_steps: int,
+       potential: str | Callable = "diff", reward_on: str = "x0", num_x0_samples: int = 4, x0_std: float = 0.5,
+       schedule: resampling.Schedule | None = None, resampler: str = "systematic", drop_weights: bool = False) -> FK:  # fmt: skip
+    """The FK steering kernel (`FK`) for a grid of `num_steps` steps; the arguments are `fk_steer`'s.
+
+    Returns:
+      An `FK` value with `init`, `step` and `finish`.
+    """
+    check_solver("solver", solver)
+    if not callable(reward):
+        raise ValueError(f"reward must be callable as reward(x, cond) -> (N,), got {reward!r}")
+    if not (callable(potential) or potential in POTENTIALS):
+        raise ValueError(f"potential must be one of {tuple(POTENTIALS)} or a callable, got {potential!r}")
+    _checks.one_of("reward_on", reward_on, REWARD_ON)
+    _checks.one_of("resampler", resampler, tuple(resampling.RESAMPLERS))
+    num_particles = _checks.positive_int("num_particles", num_particles)
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    schedule = default_schedule(potential, num_steps) if schedule is None else schedule
+    if len(schedule.steps) != num_steps:
+        raise ValueError(f"schedule must cover the grid's {num_steps} steps, got {len(schedule.steps)}")
+    return FK(
+        solver=solver,
+        reward=as_pytree(reward),
+        lmbda=jnp.asarray(_checks.finite("lmbda", lmbda)),
+        x0_std=jnp.asarray(_checks.positive("x0_std", x0_std)),
+        num_particles=num_particles,
+        resample_steps=tuple(bool(s) for s in schedule.steps),
+        threshold=schedule.threshold,
+        potential=potential,
+        reward_on=reward_on,
+        num_x0_samples=_checks.positive_int("num_x0_samples", num_x0_samples),
+        resampler=resampler,
+        drop_weights=bool(drop_weights),
+    )
+
+
+def default_schedule(potential, num_steps: int) -> resampling.Schedule:
+    """FK's resampling schedule for a potential: every step but the last for "diff" and callables;
+    the paper's sparse schedule (`resampling.fk_paper_schedule`) for "max", "sum" and "rt"."""
+    if isinstance(potential, str) and potential in ("max", "sum", "rt"):
+        return resampling.fk_paper_schedule(num_steps)
+    return resampling.resampling_schedule(num_steps)
+
+
+@jax.jit
+def _fk_steer(kernel: FK, denoiser, timesteps, key, x_T, cond):
+    num_steps = timesteps.shape[0] - 1
+    keys = jax.random.split(key, num_steps)
+
+    def body(state, i):
+        return kernel.step(state, keys[i], timesteps, i, denoiser, cond)
+
+    state, infos = run_steps(kernel.solver, body, kernel.init(x_T, timesteps), num_steps)
+    return kernel.finish(state, cond, infos)
 
 
 def fk_steer(
@@ -211,45 +312,60 @@ def fk_steer(
     reward_chunk: int | None = None,
     drop_weights: bool = False,
 ) -> Particles:
-    """Steer `solver` towards p(x0 | c) exp(lmbda r(x0, c)) with K particles per condition.
+    """Feynman–Kac steering (Singhal et al. 2025) of `solver` towards p(x0 | c) exp(lmbda r(x0, c))
+    with K particles per condition, as one compiled program (the `FK` kernel driven by
+    `sampling.run_steps`).
 
-    x_T: (B, K, *event) starting particles (K = x_T.shape[1]). `reward(x, cond) -> (N,)` takes
-    x (N, *event) with N = B K and cond repeated per particle (or None). `schedule`: when to
-    resample (`resampling.resampling_schedule`; default every step but the last). `resampler`:
-    a name in `resampling.RESAMPLERS`. `reward_chunk`: evaluate the reward on this many particles
-    at a time (`chunked`). `num_x0_samples`, `x0_std`: the many-sample reward (`reward_on="many"`).
-    `drop_weights=True` reproduces the official FK code's
-    bug (weights discarded when a scheduled step does not resample) and exists for the tests.
+    Args:
+      solver: the proposal; use a stochastic one (resampled copies of a deterministic solver never
+        diverge, and this warns). Any solver works, multistep histories and `time_shift` included:
+        resampling takes every particle's whole state (`Solver.gather`).
+      denoiser: the model.
+      timesteps: the grid, noise to data.
+      key: a typed key.
+      x_T: (B, K, *event) starting particles (K = x_T.shape[1]).
+      reward: `reward(x, cond) -> (N,)` on x (N, *event), N = B K, with cond repeated per particle
+        (or None); a pytree value (its parameters are data: new weights never recompile) or any
+        function. NaN and +-inf become -inf log-weights, never NaN samples.
+      lmbda: the tilt's strength (data: a new value reuses the compiled program).
+      potential: "diff" (default), "max", "sum", "rt" (module docstring) or a callable
+        `(potential_state, r_i, lmbda) -> log G_i`.
+      reward_on: "x0" (Tweedie's x0-hat of the step), "xt" (the new state) or "many" (FK's
+        many-sample reward).
+      num_x0_samples: M of the many-sample reward.
+      x0_std: the data std s of the many-sample reward's posterior variance.
+      schedule: when to resample (`resampling.resampling_schedule`); default `default_schedule`:
+        every step but the last for "diff", the paper's sparse schedule for "max", "sum", "rt".
+      resampler: a name in `resampling.RESAMPLERS`.
+      cond: the condition per condition (B leading), repeated per particle for the network and
+        the reward.
+      reward_chunk: evaluate the reward on this many particles at a time (`rewards.chunked`).
+      drop_weights: reproduce the official FK code's bug (weights discarded when a scheduled step
+        does not resample); exists for the tests.
 
-    Warns when a resampled population ends with identical particles: the solver is deterministic,
-    so copies never diverge (FK needs a stochastic solver, e.g. DDIM with eta > 0).
+    Returns:
+      `Particles` (B conditions x K): read them with `weighted`, `resampled` or `best_of`.
     """
-    if not isinstance(solver, Solver):
-        raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
-    schedule = check_run(timesteps, key, x_T, schedule, resampler)
-    if not callable(reward):
-        raise ValueError(f"reward must be callable as reward(x, cond) -> (N,), got {reward!r}")
-    if not (callable(potential) or potential in POTENTIALS):
-        raise ValueError(f"potential must be one of {tuple(POTENTIALS)} or a callable, got {potential!r}")
-    _checks.one_of("reward_on", reward_on, REWARD_ON)
-    num_x0_samples = _checks.positive_int("num_x0_samples", num_x0_samples)
-    x0_std = _checks.positive("x0_std", x0_std)
-    lmbda = _checks.finite("lmbda", lmbda)
-    if reward_chunk is not None:
-        reward = chunked(reward, reward_chunk)
+    check_solver("solver", solver)
+    check_denoiser(denoiser)
+    check_run(timesteps, key, x_T, schedule, resampler)
     b, k = jnp.shape(x_T)[:2]
-    if reward_chunk is not None and (b * k) % reward_chunk:
-        raise ValueError(f"reward_chunk must divide the number of particles B*K={b * k}, got {reward_chunk}")
+    if reward_chunk is not None:
+        _checks.positive_int("reward_chunk", reward_chunk)
+        if (b * k) % reward_chunk:
+            raise ValueError(f"reward_chunk must divide the number of particles B*K={b * k}, got {reward_chunk}")
+        reward = chunked(reward, reward_chunk)
+    num_steps = jnp.shape(timesteps)[0] - 1
+    check_steps(solver, timesteps)
+    kernel = fk(solver, reward, lmbda=lmbda, num_particles=k, num_steps=num_steps, potential=potential,
+                reward_on=reward_on, num_x0_samples=num_x0_samples, x0_std=x0_std, schedule=schedule,
+                resampler=resampler, drop_weights=drop_weights)  # fmt: skip
     x_T = jnp.asarray(x_T)
+    cond = per_particle(cond, k)
     if cond is not None:
-        cond = jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), k, axis=0), cond)
         denoiser = denoiser.replace(cond=cond)
-    particles = _fk(
-        solver, denoiser, reward, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]), cond,
-        jnp.asarray(lmbda, x_T.dtype), jnp.asarray(x0_std, x_T.dtype), k, potential, reward_on, num_x0_samples,
-        tuple(bool(s) for s in schedule.steps),
-        schedule.threshold, resampler, drop_weights,
-    )  # fmt: skip
+    particles = _fk_steer(kernel, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]),
+                          cond)  # fmt: skip
     if _checks.is_concrete(particles.x) and k > 1 and bool(jnp.any(particles.resampled)):
         flat = particles.x.reshape(b, k, -1)
         same = jnp.all(flat[:, :, None] == flat[:, None, :], axis=-1) & ~jnp.eye(k, dtype=bool)
@@ -266,7 +382,14 @@ def importance_sample(solver: Solver, denoiser, timesteps, key, x_T, reward: Cal
                       cond=None) -> Particles:  # fmt: skip
     """The baseline at equal NFE: K independent samples per condition, never resampled, weighted by
     exp(lmbda r(x0)) (self-normalised importance sampling of the same target). `best_of` of the
-    result is best-of-N (random search over the starting noise and the solver's noise)."""
+    result is best-of-N (random search over the starting noise and the solver's noise).
+
+    Args:
+      solver, denoiser, timesteps, key, x_T, reward, lmbda, cond: as for `fk_steer`.
+
+    Returns:
+      `Particles` whose weights are softmax(lmbda r(x0)) per condition.
+    """
     steps = jnp.shape(timesteps)[0] - 1
     never = resampling.Schedule(np.zeros(steps, bool), None)
     return fk_steer(solver, denoiser, timesteps, key, x_T, reward, lmbda=lmbda, schedule=never, cond=cond)

@@ -9,8 +9,8 @@ are weighted by how well the kernel predicted them,
 
     log w += sum_observed log N(y_s; mean_p(x_t), std_p(x_t)^2),
 
-then resampled. With a kernel that factorises over entries (every `twisted.Gaussian` kernel) and an
-exact model, the free entries target p(x0_free | x0_observed = y) as K grows, because the forward
+then resampled. The kernel is any stochastic `solvers.GaussianSolver`'s transition (DDPM by
+default). With a kernel that factorises over entries (every diagonal Gaussian) and an exact model, the free entries target p(x0_free | x0_observed = y) as K grows, because the forward
 noise of the observed entries is independent of the free ones. The returned samples hold y
 exactly on the observed entries.
 """
@@ -18,30 +18,31 @@ exactly on the observed entries.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import gaussian
+from diffjax.arrays import noise_like, per_particle
+from diffjax.sampling import run_steps
 from diffjax.schedules import Schedule
-from diffjax.solvers.base import noise_like
+from diffjax.solvers import ddpm
+from diffjax.solvers.base import Solver, check_gaussian
 from diffjax.steering import resampling
 from diffjax.steering.particles import Particles, check_run, collect
-from diffjax.steering.twisted import ddpm_kernel
 
 
 def forward_chain(schedule: Schedule, key, y, timesteps):
     """y_t at every grid time, (len(timesteps), *y.shape): y_{t_S} ~ q(. | y) at the last (least
-    noisy) time, then upwards y_{t_i} ~ q(y_{t_i} | y_{t_{i+1}}). Row i is the value at timesteps[i]."""
+    noisy) time, then upwards y_{t_i} ~ q(y_{t_i} | y_{t_{i+1}}) (`gaussian.forward`). Row i is the
+    value at timesteps[i]."""
     last = timesteps[-1]
     keys = jax.random.split(key, timesteps.shape[0])
     y_last = schedule.alpha(last) * y + schedule.sigma(last) * noise_like(keys[-1], y)
 
     def up(y_s, args):
         key, t, s = args
-        gap = -jnp.expm1(schedule.logsnr(t) - schedule.logsnr(s))
-        y_t = schedule.alpha(t) / schedule.alpha(s) * y_s + schedule.sigma(t) * jnp.sqrt(gap) * noise_like(key, y_s)
+        y_t = gaussian.forward(schedule, y_s, s, t).sample(key)
         return y_t, y_t
 
     _, above = jax.lax.scan(up, y_last, (keys[:-1], timesteps[:-1], timesteps[1:]), reverse=True)
@@ -57,8 +58,8 @@ def _observed_log_prob(x, p, mask):
     return jnp.sum(jnp.where(live, term, 0.0).reshape(x.shape[0], -1), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "num_particles", "resample_steps", "threshold", "resampler"))
-def _smcdiff(denoiser, kernel, timesteps, key, x_T, y, mask, num_particles, resample_steps, threshold, resampler):
+@functools.partial(jax.jit, static_argnames=("num_particles", "resample_steps", "threshold", "resampler"))
+def _smcdiff(solver, denoiser, timesteps, key, x_T, y, mask, num_particles, resample_steps, threshold, resampler):
     n, k = x_T.shape[0], num_particles
     b = n // k
     sched = denoiser.schedule
@@ -74,22 +75,24 @@ def _smcdiff(denoiser, kernel, timesteps, key, x_T, y, mask, num_particles, resa
     scheduled = jnp.asarray(resample_steps)
     x_T = jnp.where(observed, chain[0], x_T)
 
-    def step(carry, i):
-        x, log_w, log_z, degenerate = carry
+    def body(carry, i):
+        state, log_w, log_z, degenerate = carry
         t, s = timesteps[i], timesteps[i + 1]
-        pred = denoiser(x, t)
-        p = kernel(sched, x, pred.x0, pred.eps, t, s)
-        x_free = p.mean + p.std * noise_like(keys[i, 0], x)
+        pred = denoiser(state.x, t)
+        p = solver.transition(state, pred, t, s, sched)
+        x_free = p.sample(keys[i, 0])
         log_w = log_w + _observed_log_prob(chain[i + 1], p, observed)
         log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
         x = jnp.where(observed, chain[i + 1], x_free).astype(x_T.dtype)
+        state = solver.advance(state, x, pred, t, s, sched)
         out = resampling.resample_flat(keys[i, 1], log_w, k, scheduled[i], threshold, resample_fn)
-        carry = (x[out.ancestors], out.log_weights, log_z + out.log_z_increment, degenerate + out.degenerate)
+        carry = (solver.gather(state, out.ancestors), out.log_weights, log_z + out.log_z_increment,
+                 degenerate + out.degenerate)  # fmt: skip
         return carry, (out.ess, out.resampled, out.local_ancestors)
 
-    carry = (x_T, jnp.zeros(n, x_T.dtype), jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))
-    (x, log_w, log_z, degenerate), trace = jax.lax.scan(step, carry, jnp.arange(steps))
-    x = jnp.where(observed, jnp.repeat(y, k, axis=0), x)
+    carry = (solver.init(x_T, timesteps), jnp.zeros(n, x_T.dtype), jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))
+    (state, log_w, log_z, degenerate), trace = run_steps(solver, body, carry, steps)
+    x = jnp.where(observed, jnp.repeat(y, k, axis=0), state.x)
     return collect(x, log_w, jnp.zeros(n, x_T.dtype), log_z, degenerate, trace, k, jnp.int32(steps))
 
 
@@ -101,18 +104,33 @@ def smcdiff(
     y,
     mask,
     *,
-    kernel: Callable = ddpm_kernel,
+    solver: Solver | None = None,
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
     cond=None,
 ) -> Particles:
-    """Inpaint y (B, *event) on the entries where `mask` (the event's shape, 0/1) is 1, with K
-    particles per condition from x_T (B, K, *event); see the module docstring. `kernel` as in
-    `twisted.tds`; `schedule`: when to resample (default every step but the last).
+    """SMCDiff inpainting (Trippe et al. 2023): y (B, *event) on the entries where `mask` is 1, with K
+    particles per condition; see the module docstring.
 
-    Returns `Particles` (rewards are 0: SMCDiff has none); log Z-hat estimates the probability of
-    the observed chain under the model."""
+    Args:
+      denoiser: the model.
+      timesteps: the grid, noise to data.
+      key: a typed key.
+      x_T: (B, K, *event) starting particles.
+      y: the measurement (B, *event); only its observed entries are read.
+      mask: 0/1 of the event's shape, 1 = observed.
+      solver: the model's kernel p(x_s | x_t): any stochastic `solvers.GaussianSolver` (default
+        ddpm(), SMCDiff's); others raise a ValueError naming them.
+      schedule: when to resample (default every step but the last).
+      resampler: a name in `resampling.RESAMPLERS`.
+      cond: the denoiser's condition (B leading), repeated per particle.
+
+    Returns:
+      `Particles` (rewards are 0: SMCDiff has none); log Z-hat estimates the probability of the
+      observed chain under the model.
+    """
     schedule = check_run(timesteps, key, x_T, schedule, resampler)
+    solver = ddpm() if solver is None else check_gaussian("solver", solver)
     b, k = jnp.shape(x_T)[:2]
     event = jnp.shape(x_T)[2:]
     if jnp.shape(y) != (b,) + event:
@@ -120,12 +138,10 @@ def smcdiff(
     mask = np.asarray(mask)
     if mask.shape != event or not np.all((mask == 0) | (mask == 1)):
         raise ValueError(f"mask must be 0/1 with the event's shape {event}, got shape {mask.shape}")
-    if not callable(kernel):
-        raise ValueError(f"kernel must be callable as kernel(schedule, x_t, x0, eps, t, s), got {kernel!r}")
     if cond is not None:
-        denoiser = denoiser.replace(cond=jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), k, axis=0), cond))
+        denoiser = denoiser.replace(cond=per_particle(cond, k))
     x_T = jnp.asarray(x_T)
     return _smcdiff(
-        denoiser, kernel, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + event), jnp.asarray(y, x_T.dtype),
+        solver, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + event), jnp.asarray(y, x_T.dtype),
         jnp.asarray(mask, x_T.dtype), k, tuple(bool(s) for s in schedule.steps), schedule.threshold, resampler,
     )  # fmt: skip

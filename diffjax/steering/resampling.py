@@ -32,13 +32,20 @@ class Normalised(NamedTuple):
 
 def normalise(log_weights) -> Normalised:
     """Log-weights shifted to sum to one in the linear domain; NaN and -inf particles get weight 0,
-    and an all-(-inf) population gets uniform weights (flagged as `degenerate`)."""
+    and an all-(-inf) population gets uniform weights (flagged as `degenerate`).
+
+    The maximum is subtracted first (exactly, in the weights' own dtype) and the log-sum-exp is
+    taken of the shifted values, so log-weights far from 0 (-2e6 in float32, where the spacing of
+    floats is 0.25) keep their precision: the weights sum to 1 to the dtype's rounding."""
     log_weights = jnp.asarray(log_weights)
     clean = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
-    log_total = jax.nn.logsumexp(clean, axis=-1, keepdims=True)
-    degenerate = ~jnp.isfinite(log_total)  # all -inf (a +inf weight is clamped by the caller's rewards)
+    top = jnp.max(clean, axis=-1, keepdims=True)
+    degenerate = ~jnp.isfinite(top)  # all -inf (a +inf weight is clamped by the caller's rewards)
+    shifted = clean - jnp.where(degenerate, 0.0, top)
+    log_shifted_total = jax.nn.logsumexp(shifted, axis=-1, keepdims=True)
     uniform = jnp.full_like(clean, -jnp.log(clean.shape[-1]))
-    normalised = jnp.where(degenerate, uniform, clean - jnp.where(degenerate, 0.0, log_total))
+    normalised = jnp.where(degenerate, uniform, shifted - jnp.where(degenerate, 0.0, log_shifted_total))
+    log_total = jnp.where(degenerate, -jnp.inf, top + log_shifted_total)
     return Normalised(normalised, log_total[..., 0], degenerate[..., 0])
 
 
@@ -131,6 +138,19 @@ def resampling_schedule(
     steps[start : end + 1 : interval] = True
     steps[-1] |= final
     return Schedule(steps, None if threshold is None else float(threshold))
+
+
+def fk_paper_schedule(num_steps: int) -> Schedule:
+    """The sparse schedule of the FK steering paper's figures (Singhal et al. 2025: resampling at
+    steps 20, 40, 60, 80 of 100): every fifth of the grid, `start = interval = round(num_steps / 5)`,
+    never at the last step. The default for the "max", "sum" and "rt" potentials, whose weights
+    degenerate when every step is scheduled (their potentials count early rewards again at every
+    later step)."""
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    if num_steps < 3:
+        return resampling_schedule(num_steps)
+    fifth = max(1, round(num_steps / 5))
+    return resampling_schedule(num_steps, start=fifth, interval=fifth)
 
 
 class Resampled(NamedTuple):

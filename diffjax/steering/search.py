@@ -13,34 +13,62 @@ after each round and what it chose, so a result can be reproduced:
 - `path_search`: N paths run to a grid index; then, repeatedly, M branches per path are noised
   forward exactly by `forward` steps and solved back by `backward` steps, scored on x0-hat, and the
   best N kept; at the end the best path is returned;
-- `noise_search`: at each DDIM(eta) step, C candidates for the injected noise, each scored on the
-  next x0-hat (the network call the next step needs anyway), the best kept.
+- `noise_search`: at each step of a stochastic solver (DDIM(eta) by default), C candidates for the
+  injected noise, each scored on the next x0-hat (the network call the next step needs anyway),
+  the best kept.
 
-`Generator`s map noise to samples: `ode_generator(solver, den, ts)` for a deterministic solver
-(the initial noise is then the whole randomness), `identity_generator` for tests.
+Generators map noise to samples (`fn(z, cond) -> (x, nfe)`): `ode_generator(solver, den, ts)` for a
+deterministic solver (the initial noise is then the whole randomness; a value whose weights are
+data), `Generator(fn)` for any function, `identity_generator` for tests. Verifiers and solvers are
+values too, so a search compiles once per configuration and shapes.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import _checks
-from diffjax.denoiser import broadcast_to_x
-from diffjax.sampling import check_grid, sample
-from diffjax.solvers.base import Solver, noise_like
+from flax import struct
+
+from diffjax import _checks, gaussian
+from diffjax.arrays import as_pytree, broadcast_to_x, per_particle
+from diffjax.sampling import check_grid, check_steps, run_steps, sample
+from diffjax.solvers import ddim
+from diffjax.solvers.base import Solver, check_solver
+from diffjax.solvers.time_shift import Reuse
 
 
-class Generator(NamedTuple):
-    """`fn(z, cond) -> (x, nfe)`: samples (N, *event) from standard-normal noise z (N, *event), and
-    the network evaluations each sample cost; deterministic in z."""
+@struct.dataclass
+class Generator:
+    """A generator from a plain function: `fn(z, cond) -> (x, nfe)` maps standard-normal noise z
+    (N, *event) to samples (N, *event) and the network evaluations each cost, deterministically in z.
+    Hashed by the function's identity: build it once. `ODEGenerator` is the value for samplers."""
 
-    fn: Callable
+    function: Callable = struct.field(pytree_node=False)
+
+    def fn(self, z, cond):
+        return self.function(z, cond)
+
+
+@struct.dataclass
+class ODEGenerator:
+    """`sample(solver, denoiser, timesteps, key(0), sigma_T z)`: a deterministic sampler as a
+    generator, a value whose denoiser parameters and grid are data (new weights never recompile).
+    Build it with `ode_generator`."""
+
+    solver: Solver
+    denoiser: Any
+    timesteps: jax.Array
+    sigma_T: jax.Array  # sigma at timesteps[0], computed once on the host (the same bits everywhere)
+
+    def fn(self, z, cond):
+        x, info = sample(self.solver, self.denoiser, self.timesteps, jax.random.key(0), self.sigma_T * z, cond=cond)
+        return x, info.nfe
 
 
 class SearchResult(NamedTuple):
@@ -52,19 +80,21 @@ class SearchResult(NamedTuple):
     choices: jax.Array  # what was kept: per round, the candidate index (B,) or kept branches (B, N)
 
 
-def ode_generator(solver: Solver, denoiser, timesteps) -> Generator:
-    """`sample(solver, denoiser, timesteps, ., sigma_T z)` with a fixed key: use a deterministic
-    solver, so that the noise z is all the randomness. Build it once and reuse it: searches compile
-    once per generator (its denoiser's parameters become constants of the compiled search)."""
+def ode_generator(solver: Solver, denoiser, timesteps) -> ODEGenerator:
+    """A generator that samples with `solver` from sigma_T z along `timesteps` with a fixed key.
+
+    Args:
+      solver: a deterministic solver, so that the noise z is all the randomness.
+      denoiser: the model (its parameters are data of the generator).
+      timesteps: the grid, noise to data.
+
+    Returns:
+      An `ODEGenerator` value: searches compile once per solver and shapes, whatever the weights.
+    """
+    check_solver("solver", solver)
     grid = jnp.asarray(timesteps)
     check_grid(grid)
-    sigma_T = denoiser.schedule.sigma(grid[0])
-
-    def fn(z, cond):
-        x, info = sample(solver, denoiser, grid, jax.random.key(0), sigma_T * z, cond=cond)
-        return x, info.nfe
-
-    return Generator(fn)
+    return ODEGenerator(solver, denoiser, grid, denoiser.schedule.sigma(grid[0]))
 
 
 def _identity(z, cond):
@@ -73,10 +103,6 @@ def _identity(z, cond):
 
 
 identity_generator = Generator(_identity)
-
-
-def _repeat(cond, n):
-    return None if cond is None else jax.tree.map(lambda c: jnp.repeat(jnp.asarray(c), n, axis=0), cond)
 
 
 def _scores(verifier, x, cond):
@@ -88,7 +114,7 @@ def _evaluate(generator, verifier, z, cond):
     """Samples and scores of candidates z (B, N, *event): ((B, N, *event), (B, N), nfe per sample)."""
     b, n = z.shape[:2]
     flat = z.reshape((b * n,) + z.shape[2:])
-    c = _repeat(cond, n)
+    c = per_particle(cond, n)
     x, nfe = generator.fn(flat, c)
     return x.reshape(z.shape[:2] + x.shape[1:]), _scores(verifier, x, c).reshape(b, n), jnp.asarray(nfe, jnp.int32)
 
@@ -99,8 +125,8 @@ def _pick(a, index):
 
 
 def _check_common(generator, verifier, key, shape):
-    if not isinstance(generator, Generator):
-        raise ValueError(f"generator must be a search.Generator, got {generator!r}")
+    if not callable(getattr(generator, "fn", None)):
+        raise ValueError(f"generator must be a search.Generator or ODEGenerator (with .fn(z, cond)), got {generator!r}")
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)
@@ -108,7 +134,7 @@ def _check_common(generator, verifier, key, shape):
         raise ValueError(f"shape must be (B, *event) with positive ints, got {shape!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "verifier", "shape", "num_candidates", "rounds"))
+@functools.partial(jax.jit, static_argnames=("shape", "num_candidates", "rounds"))
 def _random_search(generator, verifier, key, shape, num_candidates, rounds, cond, bank_noise):
     b, event = shape[0], shape[1:]
 
@@ -147,7 +173,7 @@ def random_search(generator: Generator, verifier: Callable, key, shape, *, num_c
         if len(seed_bank.seeds) < needed:
             raise ValueError(f"seed_bank has {len(seed_bank.seeds)} seeds, the search needs {needed}")
         bank_noise = seed_bank.noise(needed, tuple(shape[1:]))
-    return _random_search(generator, verifier, key, tuple(shape), num_candidates, rounds, cond, bank_noise)
+    return _random_search(generator, as_pytree(verifier), key, tuple(shape), num_candidates, rounds, cond, bank_noise)
 
 
 def neighbours(key, pivot, num: int, cosine: float):
@@ -164,7 +190,7 @@ def neighbours(key, pivot, num: int, cosine: float):
     return n.reshape((b, num) + pivot.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "verifier", "rounds", "num_neighbors"))
+@functools.partial(jax.jit, static_argnames=("rounds", "num_neighbors"))
 def _zero_order(generator, verifier, key, pivot, rounds, num_neighbors, cosine, cond):
     def round_(carry, r):
         pivot, _ = carry
@@ -194,14 +220,8 @@ def zero_order_search(generator: Generator, verifier: Callable, key, shape, *, r
         pivot = jax.random.normal(key_pivot, tuple(shape))
     elif jnp.shape(pivot) != tuple(shape):
         raise ValueError(f"pivot must have shape {tuple(shape)}, got {jnp.shape(pivot)}")
-    return _zero_order(generator, verifier, key_search, jnp.asarray(pivot), rounds, num_neighbors, cosine, cond)
-
-
-def _forward(schedule, x, t, t_up, key):
-    """An exact draw of x_{t_up} ~ q(x_{t_up} | x_t) for t_up > t."""
-    a = schedule.alpha(t_up) / schedule.alpha(t)
-    gap = -jnp.expm1(schedule.logsnr(t_up) - schedule.logsnr(t))  # 1 - SNR_up / SNR_t
-    return a * x + schedule.sigma(t_up) * jnp.sqrt(gap) * noise_like(key, x)
+    return _zero_order(generator, as_pytree(verifier), key_search, jnp.asarray(pivot), rounds, num_neighbors, cosine,
+                       cond)  # fmt: skip
 
 
 def _phases(steps, start, forward, backward):
@@ -214,13 +234,13 @@ def _phases(steps, start, forward, backward):
     return tuple(phases)
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "verifier", "shape", "num_paths", "branches", "phases", "start"))
+@functools.partial(jax.jit, static_argnames=("shape", "num_paths", "branches", "phases", "start"))
 def _path_search(solver, denoiser, verifier, timesteps, key, shape, num_paths, branches, phases, start, cond):
     b, event, n, m = shape[0], shape[1:], num_paths, branches
     keys = jax.random.split(key, len(phases) + 2)
     z = jax.random.normal(keys[0], (b * n,) + event)
-    den_paths = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, n))
-    den_branches = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, n * m))
+    den_paths = denoiser if cond is None else denoiser.replace(cond=per_particle(cond, n))
+    den_branches = denoiser if cond is None else denoiser.replace(cond=per_particle(cond, n * m))
     x, info = sample(solver, den_paths, timesteps[: start + 1], keys[1], denoiser.schedule.sigma(timesteps[0]) * z)
     nfe = n * info.nfe
     roots = jnp.arange(b * n).reshape(b, n) % n
@@ -229,9 +249,9 @@ def _path_search(solver, denoiser, verifier, timesteps, key, shape, num_paths, b
         key_noise, key_solve = jax.random.split(keys[p + 2])
         t_here = timesteps[phases[p - 1][1]] if p else timesteps[start]
         branched = jnp.repeat(x, m, axis=0)  # (B N M, *event): path-major
-        branched = _forward(denoiser.schedule, branched, t_here, timesteps[up], key_noise)
+        branched = gaussian.forward(denoiser.schedule, branched, t_here, timesteps[up]).sample(key_noise)
         branched, info = sample(solver, den_branches, timesteps[up : down + 1], key_solve, branched)
-        c = _repeat(cond, n * m)
+        c = per_particle(cond, n * m)
         if down == timesteps.shape[0] - 1:
             scored = branched
         else:
@@ -261,8 +281,7 @@ def path_search(solver: Solver, denoiser, timesteps, key, verifier: Callable, sh
     grid's end) and keeps the best `num_paths`, until the end of the grid. Returns the best final
     path; `choices` (phases, B, num_paths) are the kept branch indices (path-major, path j's
     branches at j * branches ...). The same key reproduces the same result."""
-    if not isinstance(solver, Solver):
-        raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
+    check_solver("solver", solver)
     check_grid(timesteps)
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
@@ -276,56 +295,76 @@ def path_search(solver: Solver, denoiser, timesteps, key, verifier: Callable, sh
     steps = jnp.shape(timesteps)[0] - 1
     if not (isinstance(start, int) and forward <= start < steps):
         raise ValueError(f"start must be a grid index with forward={forward} <= start < {steps}, got {start!r}")
-    return _path_search(solver, denoiser, verifier, jnp.asarray(timesteps), key, tuple(shape), num_paths, branches,
+    return _path_search(solver, denoiser, as_pytree(verifier), jnp.asarray(timesteps), key, tuple(shape), num_paths,
+                        branches,
                         _phases(steps, start, forward, backward), start, cond)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("verifier", "num_candidates", "eta"))
-def _noise_search(denoiser, verifier, timesteps, key, x_T, num_candidates, eta, cond, forced):
-    sched = denoiser.schedule
-    c = num_candidates
-    n = x_T.shape[0]
-    den_c = denoiser if cond is None else denoiser.replace(cond=_repeat(cond, c))
-    cond_c = _repeat(cond, c)
-    pred = (denoiser if cond is None else denoiser.replace(cond=cond))(x_T, timesteps[0])
-    last = timesteps.shape[0] - 2
+@functools.partial(jax.jit, static_argnames=("num_candidates",))
+def _noise_search(solver, denoiser, verifier, timesteps, key, x_T, num_candidates, cond, forced):
+    c, n = num_candidates, x_T.shape[0]
+    steps = timesteps.shape[0] - 1
+    den = denoiser if cond is None else denoiser.replace(cond=cond)
+    den_c = denoiser if cond is None else denoiser.replace(cond=per_particle(cond, c))
+    cond_c = per_particle(cond, c)
+    fan = jnp.repeat(jnp.arange(n), c)  # row j c + m: candidate m of sample j
 
-    def step(carry, i):
-        x, x0, eps = carry
+    def body(carry, i):
+        state, pred = carry
         t, s = timesteps[i], timesteps[i + 1]
-        gap = -jnp.expm1(sched.logsnr(t) - sched.logsnr(s))
-        mean = sched.alpha(s) * x0 + sched.sigma(s) * jnp.sqrt(1.0 - eta**2 * gap) * eps
-        std = eta * sched.sigma(s) * jnp.sqrt(gap)
-        keys = jax.random.split(jax.random.fold_in(key, i), c)
-        z = jax.vmap(lambda k: noise_like(k, x), out_axes=1)(keys)  # (N, C, *event)
-        candidates = (mean[:, None] + std * z).astype(x.dtype)
-        flat = candidates.reshape((n * c,) + x.shape[1:])
-        p = den_c(flat, s)
-        scored = jnp.where(i == last, flat, p.x0)
-        scores = _scores(verifier, scored, cond_c).reshape(n, c)
+        fanned = solver.gather(state, fan)
+        reuse = Reuse(den_c, fanned.x, t, jax.tree.map(lambda a: jnp.repeat(a, c, axis=0), pred))
+        candidates, info = solver.step_at(i, steps)(fanned, jax.random.fold_in(key, i), t, s, reuse)
+        p = den_c(candidates.x, s)  # scores the candidates; the next step reuses the chosen one's
+        scores = _scores(verifier, jnp.where(i == steps - 1, candidates.x, p.x0), cond_c).reshape(n, c)
         pick = jnp.argmax(scores, axis=1) if forced is None else forced[i]
-        take = lambda a: _pick(a.reshape((n, c) + a.shape[1:]), pick)  # noqa: E731
-        return (take(flat), take(p.x0), take(p.eps)), (_pick(scores, pick), pick)
+        chosen = pick + jnp.arange(n) * c
+        nfe = c * (info.nfe - int(reuse.reused)) + c
+        return (solver.gather(candidates, chosen), jax.tree.map(lambda a: a[chosen], p)), (_pick(scores, pick), pick,
+                                                                                           nfe)  # fmt: skip
 
-    (x, _, _), (trace, choices) = jax.lax.scan(step, (x_T, pred.x0, pred.eps), jnp.arange(timesteps.shape[0] - 1))
-    nfe = 1 + (timesteps.shape[0] - 1) * c
-    return SearchResult(x, trace[-1], x_T, trace, jnp.int32(nfe), choices)
+    carry = (solver.init(x_T, timesteps), den(x_T, timesteps[0]))
+    (state, _), (trace, choices, nfe) = run_steps(solver, body, carry, steps)
+    return SearchResult(state.x, trace[-1], x_T, trace, 1 + jnp.sum(nfe), choices)
 
 
 def noise_search(denoiser, timesteps, key, x_T, verifier: Callable, *, num_candidates: int, eta: float = 1.0,
-                 cond=None, choices=None) -> SearchResult:  # fmt: skip
-    """DDIM(eta) from x_T (B, *event) choosing, at every step, the best of `num_candidates` draws
-    of the injected noise by the verifier on the next x0-hat (on the sample itself at the last
-    step): NFE = 1 + steps x num_candidates per condition. `choices` (steps, B) replays a result's
-    `choices` exactly (same key)."""
+                 solver: Solver | None = None, cond=None, choices=None) -> SearchResult:  # fmt: skip
+    """Search over the noise each step injects (Ramesh & Mardani 2025's per-step noise search): from
+    x_T (B, *event), at every step draw `num_candidates` next states with the solver's noise and keep
+    the one the verifier scores best on its next x0-hat (the network call the next step makes anyway,
+    reused; on the sample itself at the last step).
+
+    Args:
+      denoiser: the model.
+      timesteps: the grid, noise to data.
+      key: a typed key.
+      x_T: (B, *event) start.
+      verifier: `verifier(x, cond) -> (N,)`, higher is better (any reward; a pytree value or a function).
+      num_candidates: C, candidates per step.
+      eta: DDIM's eta when `solver` is None (the default solver is `ddim(eta)`).
+      solver: any stochastic solver (others raise a ValueError naming them); its state is fanned out
+        to the C candidates with `Solver.gather`.
+      cond: the condition (B leading).
+      choices: (steps, B) replays a result's `choices` exactly (same key).
+
+    Returns:
+      A `SearchResult`; NFE per condition = 1 + steps x C for a one-evaluation solver (C x its NFE
+      per step, less the reused evaluation, plus C scorings).
+    """
     check_grid(timesteps)
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)
     num_candidates = _checks.positive_int("num_candidates", num_candidates)
-    eta = _checks.in_range("eta", eta, 0.0, 1.0)
+    if solver is None:
+        solver = ddim(_checks.in_range("eta", eta, 0.0, 1.0))
+    check_solver("solver", solver)
+    if not solver.stochastic:
+        raise ValueError(f"solver must be stochastic for noise search (it picks among its noises), got {solver!r}")
+    check_steps(solver, timesteps)
     steps = jnp.shape(timesteps)[0] - 1
     if choices is not None and jnp.shape(choices) != (steps, jnp.shape(x_T)[0]):
         raise ValueError(f"choices must have shape (steps, B) = {(steps, jnp.shape(x_T)[0])}, got {jnp.shape(choices)}")
-    return _noise_search(denoiser, verifier, jnp.asarray(timesteps), key, jnp.asarray(x_T), num_candidates, eta, cond,
-                         None if choices is None else jnp.asarray(choices, jnp.int32))  # fmt: skip
+    return _noise_search(solver, denoiser, as_pytree(verifier), jnp.asarray(timesteps), key, jnp.asarray(x_T),
+                         num_candidates, cond, None if choices is None else jnp.asarray(choices, jnp.int32))  # fmt: skip
