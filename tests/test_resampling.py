@@ -113,3 +113,24 @@ def test_schedule():
         resampling.resampling_schedule(10, threshold=1.5)
     with pytest.raises(ValueError, match="end"):
         resampling.resampling_schedule(10, end=10)
+
+
+def test_normalise_keeps_float32_precision_far_from_zero():
+    # near -2e6 the spacing of float32 is 0.25: subtracting the log-sum-exp directly loses whole
+    # tenths (the weights summed to 0.9974); after subtracting the maximum (exact, Sterbenz) the
+    # weights sum to 1 within float32 rounding and equal the float64 softmax of the same float32
+    # inputs (themselves on the 0.25 grid) to 1e-5
+    log_w = jnp.asarray(-2e6 + np.arange(16) * 0.37, jnp.float32)
+    offsets = np.asarray(log_w, np.float64) + 2e6
+    normalised = resampling.normalise(log_w)
+    weights = np.exp(np.asarray(normalised.log_weights, np.float64))
+    assert abs(weights.sum() - 1.0) < 1e-6
+    exact = np.exp(offsets - np.logaddexp.reduce(offsets))
+    np.testing.assert_allclose(weights, exact, rtol=1e-5)
+    np.testing.assert_allclose(float(resampling.ess(log_w)), 1 / np.sum(exact**2), rtol=1e-5)
+
+
+def test_the_fk_paper_schedule_resamples_every_fifth_of_the_grid():
+    assert np.flatnonzero(resampling.fk_paper_schedule(100).steps).tolist() == [20, 40, 60, 80]
+    assert np.flatnonzero(resampling.fk_paper_schedule(16).steps).tolist() == [3, 6, 9, 12]
+    assert np.flatnonzero(resampling.fk_paper_schedule(2).steps).tolist() == [0]
