@@ -53,7 +53,8 @@ def posterior_coefficients(schedule, t, s, eta=1.0) -> PosteriorCoefficients:
     """The coefficients of DDIM's eta-family of steps from t to s (eta = 1: q(x_s | x_t, x0))."""
     gap = snr_gap(schedule, t, s)
     sigma_s = schedule.sigma(s)
-    return PosteriorCoefficients(schedule.alpha(s), sigma_s * jnp.sqrt(1.0 - eta**2 * gap), eta * sigma_s * jnp.sqrt(gap))
+    eps_coef = sigma_s * jnp.sqrt(1.0 - eta**2 * gap)
+    return PosteriorCoefficients(schedule.alpha(s), eps_coef, eta * sigma_s * jnp.sqrt(gap))
 
 
 def posterior(schedule, x0, eps, t, s, eta=1.0) -> Gaussian:

@@ -78,8 +78,8 @@ def test_locally_optimal_proposal_with_the_exact_twist_gives_equal_weights():
     sched, prior, ts = prior_parts()
     b, k = 4, 64
     x_T = prior.sample(jax.random.key(0), b * k, sched, ts[0]).reshape(b, k, 2)
-    particles = dj.steering.tds(prior.denoiser(sched), ts, jax.random.key(1), x_T, exact_twist,
-                                y=jnp.tile(Y, (b, 1)), solver=ExactPosteriorKernel(), proposal=locally_optimal)  # fmt: skip
+    particles = dj.steering.tds(prior.denoiser(sched), ts, jax.random.key(1), x_T, exact_twist, y=jnp.tile(Y, (b, 1)),
+                                solver=ExactPosteriorKernel(), proposal=locally_optimal)  # fmt: skip
     np.testing.assert_allclose(np.asarray(particles.ess[1:]), k, rtol=1e-10)
     np.testing.assert_allclose(np.exp(np.asarray(particles.log_weights)), 1 / k, rtol=1e-10)
     m_T = prior.x0_mean(x_T.reshape(b * k, 2), sched, ts[0])

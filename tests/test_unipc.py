@@ -19,6 +19,14 @@ def logsnr(sched, n):
     return dj.timesteps.logsnr_uniform(sched, n, t_min=1e-3)
 
 
+def edm_mid(sched, n):  # sigma in [0.2, 5]: x0 moves over the first step
+    return dj.timesteps.karras(sched, n, sigma_min=0.2, sigma_max=5.0, append_zero=False)
+
+
+def logsnr_mid(sched, n):  # vp_linear: sigma/alpha in [0.17, 6.1]
+    return dj.timesteps.logsnr_uniform(sched, n, t_min=0.05, t_max=0.6)
+
+
 GRIDS = {
     "vp_linear": (dj.schedules.vp_linear(), lambda s: dj.timesteps.uniform(s, 25)),
     "edm_karras_to_zero": (dj.schedules.edm(), lambda s: dj.timesteps.karras(s, 25)),
@@ -45,13 +53,15 @@ def test_order_one_without_corrector_is_ddim(name):
 # UniPC-3 reaches 4: its warm-up (UniPC-1 + corrector, local error O(h^3)) would cap it at 3, but the
 # first steps sit at logSNR ~ -10 where x0 is nearly constant, so that term stays far below the
 # asymptote within n <= 1024. Measured last slopes: 2.00, 3.01 (bh2), 3.02 (bh1), 2.00, 4.00 (Karras);
-# 2.00, 3.00, 3.01, 2.00, 3.99 (logSNR).
+# 2.00, 3.00, 3.01, 2.00, 3.99 (logSNR). None: the solver's declared `order`; UniPC-3 declares the
+# asymptotic 3 of its lower-order start, so its pre-asymptotic 4 stays explicit (with
+# start="singlestep" it declares and measures 4: `test_singlestep_start_reaches_the_declared_order`).
 CONVERGENCE = {
-    "unipc1_corrected": (dict(order=1), 2.0, (64, 128, 256, 512)),
-    "unipc2_bh2_corrected": (dict(order=2, variant="bh2"), 3.0, (64, 128, 256, 512)),
-    "unipc2_bh1_corrected": (dict(order=2, variant="bh1"), 3.0, (64, 128, 256, 512)),
-    "unipc2_predictor_only": (dict(order=2, corrector=False), 2.0, (64, 128, 256, 512)),
-    "unipc3_corrected": (dict(order=3), 4.0, (128, 256, 512, 1024)),
+    "unipc1_corrected": (dict(order=1), None, (64, 128, 256, 512)),
+    "unipc2_bh2_corrected": (dict(order=2, variant="bh2"), None, (64, 128, 256, 512)),
+    "unipc2_bh1_corrected": (dict(order=2, variant="bh1"), None, (64, 128, 256, 512)),
+    "unipc2_predictor_only": (dict(order=2, corrector=False), None, (64, 128, 256, 512)),
+    "unipc3_corrected": (dict(order=3), 4.0, (128, 256, 512, 1024)),  # declares 3
 }
 
 
@@ -59,10 +69,35 @@ CONVERGENCE = {
 def test_convergence_order_on_the_exact_gaussian_flow(name):
     kwargs, order, ns = CONVERGENCE[name]
     solver = unipc(**kwargs, lower_order_final=False)  # one solver for both grids: one compile per n
+    order = solver.order if order is None else order
     sched = dj.schedules.vp_linear()
     for grid in (karras, logsnr):
         errors, slopes = convergence(solver, sched, grid, ns=ns)
         assert np.all(np.abs(slopes - order) < 0.15), (grid.__name__, errors, slopes)
+
+
+# start="singlestep": a singlestep DPM-Solver++-3 first step (local error O(h^4)), not corrected by
+# UniC, then UniP-2 + UniC-2 and the full order: UniPC-2 is third order and UniPC-3 fourth order on
+# every grid (lower_order_final=False: its uncorrected first-order last step would cap both at 2).
+# Measured slopes for n = 32 ... 512: UniPC-2 3.04, 3.02, 3.01, 3.01 (Karras), 3.01, 3.01, 3.00, 3.00
+# (EDM [0.2, 5]), 3.00, 3.00, 3.00, 3.00 (logSNR over t in [0.05, 0.6]); UniPC-3 4.00, 4.01, 4.01, 4.01
+# (Karras), 3.96, 3.98, 3.99, 4.00 (EDM [0.2, 5]), 3.88, 3.95, 3.97, 3.99 (logSNR over t in [0.05, 0.6]).
+# The mid-range logSNR grid is the one tests/test_dpm_solver.py and tests/test_deis.py need (on the
+# full one DPM-Solver++(3M) and DEIS-3 stay near 4 up to n ~ 2000); UniPC measures its order on both
+# (3.00 and 3.99 at n = 4096 on the full one).
+SINGLESTEP = {
+    "unipc2_corrected": dict(order=2),
+    "unipc3_corrected": dict(order=3),
+}
+
+
+@pytest.mark.parametrize("name", SINGLESTEP)
+def test_singlestep_start_reaches_the_declared_order(name):
+    solver, vp = unipc(**SINGLESTEP[name], lower_order_final=False, start="singlestep"), dj.schedules.vp_linear()
+    assert solver.order == SINGLESTEP[name]["order"] + 1
+    for sched, grid in ((vp, karras), (dj.schedules.edm(), edm_mid), (vp, logsnr_mid)):
+        errors, slopes = convergence(solver, sched, grid, ns=(32, 64, 128, 256, 512))
+        assert np.all(np.abs(slopes[-3:] - solver.order) < 0.15), (grid.__name__, errors, slopes)
 
 
 def _reference_unipc(gmm, sched, ts, x, order, variant, use_corrector, lower_order_final):
@@ -187,6 +222,7 @@ def test_float32_stays_float32_and_agrees_with_float64():
         (dict(variant="bh3"), "variant"),
         (dict(corrector=1), "corrector"),
         (dict(lower_order_final="yes"), "lower_order_final"),
+        (dict(start="singlestep_3"), "start"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):

@@ -13,9 +13,14 @@ taken from its Taylor series sum_m (-h)^(k+m+1) / (m! (k+m+1)) when h < 1, where
 form cancels (both branch-free scalars: an incomplete-gamma call is a loop on the GPU).
 p = 1 is DDIM; p = 2, 3 are diffusers' `multistep_deis_{second,third}_order_update` (there
 written with antiderivatives in absolute log rho). Warm-up uses orders 1, 2, ...; with
-`lower_order_final` and fewer than 15 steps the last two steps use orders 1 and <= 2, as diffusers.
-A step that lands on sigma = 0 is first order (diffusers' DEIS never goes there; its
-DPMSolverMultistep does the same for final_sigmas_type="zero"). Needs alpha > 0 where a step starts.
+`lower_order_final` and fewer than 15 steps the last two steps use orders 1 and <= 2, as diffusers
+(the rule `diffjax.solvers.multistep.step_order` shares with DPM-Solver and UniPC). A step that
+lands on sigma = 0 is first order (diffusers' DEIS never goes there; its DPMSolverMultistep does
+the same for final_sigmas_type="zero"). Needs alpha > 0 where a step starts.
+
+The first-order first step caps the global order of DEIS-3 at 2; `start="singlestep"` takes the
+first step with singlestep DPM-Solver++-3 (3 NFE), which records eps at the start time in the
+history, and DEIS-3 is then third order on every grid.
 """
 
 import math
@@ -25,15 +30,36 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import History, Solver, StepInfo, empty_history, push, record, weighted_sum
+from diffjax.solvers.base import (
+    History,
+    Solver,
+    StepInfo,
+    empty_history,
+    gather_history,
+    push,
+    record,
+    solver_value,
+    take,
+    weighted_sum,
+)
+from diffjax.solvers.dpm_solver import singlestep
+from diffjax.solvers.multistep import (
+    LOWER_ORDER_FINAL_BELOW,
+    START_ORDER,
+    check_bool,
+    check_start,
+    global_order,
+    step_order,
+    warm_up_orders,
+)
 
 
 class DEISState(NamedTuple):
     x: jax.Array
-    eps: History  # noise predictions of the previous order - 1 steps
-    lam: jax.Array  # (order,) newest-first half-logSNRs, the current step's first
-    i: jax.Array  # steps taken
-    n: jax.Array  # steps in the grid
+    eps: History  # noise predictions of the previous order - 1 steps, values (size, N, ...)
+    lam: jax.Array  # (order,) newest-first half-logSNRs, the current step's first (not per particle)
+    i: jax.Array  # steps taken (not per particle)
+    n: jax.Array  # steps in the grid (not per particle)
 
 
 def moment_weights(nodes, moments, k):
@@ -69,29 +95,27 @@ def _moments(h, order):
     return moments
 
 
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+@solver_value
+class DEIS(Solver):
+    """Multistep DEIS (tAB in log rho) of order `method_order`; build it with `deis`."""
 
+    method_order: int = 3
+    lower_order_final: bool = True
+    start: str = "lower_order"
 
-def deis(order: int = 3, lower_order_final: bool = True) -> Solver:
-    order = _checks.positive_int("order", order)
-    _checks.one_of("order", order, (1, 2, 3))
-    _check_bool("lower_order_final", lower_order_final)
+    def init(self, x, timesteps):
+        lam = jnp.zeros((self.method_order,), jnp.result_type(timesteps, float))
+        size = max(self.method_order - 1, 1)
+        return DEISState(x, empty_history(size, x), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
-    def init(x, timesteps):
-        lam = jnp.zeros((order,), jnp.result_type(timesteps, float))
-        return DEISState(x, empty_history(max(order - 1, 1), x), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
-
-    def step(state, key, t, t_next, denoise):
+    def step(self, state, key, t, t_next, denoise):
         del key
+        order = self.method_order
         sched = denoise.schedule
         pred = denoise(state.x, t)
         lam = push(state.lam, 0.5 * sched.logsnr(t))
-        p = jnp.minimum(order, state.i + 1)
-        if lower_order_final:
-            p = jnp.where(state.n < 15, jnp.minimum(p, state.n - state.i), p)
-        p = jnp.where(jnp.isinf(sched.logsnr(t_next)), 1, p)
+        p = step_order(order, state.i, state.n, into_zero=jnp.isinf(sched.logsnr(t_next)),
+                       lower_order_final=self.lower_order_final, below=LOWER_ORDER_FINAL_BELOW)  # fmt: skip
         h = 0.5 * sched.logsnr(t_next) - lam[0]
         c = moment_weights(lam[0] - lam, _moments(h, order), p)
         alpha, alpha_next = sched.alpha(t), sched.alpha(t_next)
@@ -100,4 +124,49 @@ def deis(order: int = 3, lower_order_final: bool = True) -> Solver:
         new = DEISState(x_next.astype(state.x.dtype), record(state.eps, pred.eps), lam, state.i + 1, state.n)
         return new, StepInfo(jnp.int32(1), pred.x0)
 
-    return Solver(init, step)
+    def singlestep_start(self, state, key, t, t_next, denoise):
+        """The first step as singlestep DPM-Solver++-3 (3 NFE); records eps at t in the history."""
+        del key
+        sched = denoise.schedule
+        x_next, pred = singlestep(START_ORDER, "dpmsolver++", "dpmsolver", "logsnr", state.x, t, t_next, denoise)
+        lam = push(state.lam, 0.5 * sched.logsnr(t))
+        new = DEISState(x_next.astype(state.x.dtype), record(state.eps, pred.eps), lam, state.i + 1, state.n)
+        return new, StepInfo(jnp.int32(START_ORDER), pred.x0)
+
+    @property
+    def head(self):
+        return (self.singlestep_start,) if self.start == "singlestep" else ()
+
+    @property
+    def order(self):
+        return global_order(self.method_order, warm_up_orders(self.method_order, self.start))
+
+    def gather(self, state, ancestors):
+        return state._replace(x=take(state.x, ancestors), eps=gather_history(state.eps, ancestors))
+
+
+def deis(order: int = 3, lower_order_final: bool = True, *, start: str = "lower_order") -> DEIS:
+    """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator"),
+    multistep "tAB" in log rho, as diffusers' DEISMultistepScheduler (algorithm_type="deis").
+
+    Each step interpolates the last `order` noise predictions by a polynomial in log rho
+    (rho = sigma/alpha) and integrates it exactly; one NFE per step. Orders warm up 1, 2, ...
+    Declared order: min(order, 2) with the lower-order start (its first-order first step dominates
+    once errors are small; on grids that start at sigma ~ 80 only at thousands of steps), `order`
+    with `start="singlestep"`. Needs alpha > 0 where a step starts.
+
+    Args:
+      order: 1 (DDIM), 2 or 3.
+      lower_order_final: on grids of fewer than 15 steps the last step is first order and the one
+        before at most second (diffusers' rule).
+      start: "lower_order" (diffusers': the first step is first order) or "singlestep" (the first
+        step is singlestep DPM-Solver++-3, 3 NFE, so DEIS-3 is third order on every grid).
+
+    Returns:
+      A `Solver` value (`DEIS`).
+    """
+    order = _checks.positive_int("order", order)
+    _checks.one_of("order", order, (1, 2, 3))
+    check_bool("lower_order_final", lower_order_final)
+    check_start(start)
+    return DEIS(order, lower_order_final, start)

@@ -18,10 +18,20 @@ predicted point, corrects the step and is the next step's m_0, so NFE = steps, a
 is not corrected. Here step i first evaluates the model at the predicted x_i, corrects step i - 1
 with it, then predicts x_{i+1}. Orders warm up 1, 2, ...; `lower_order_final` uses order
 min(order, steps left) at every step, as diffusers (whose docs say "< 15 steps" but whose code
-applies it always) and the official code do; its uncorrected first-order last step caps the
-asymptotic order at 2. A step that lands on sigma = 0 is first order (diffusers gives NaN there
-with bh1 or without lower_order_final; the official code never steps to sigma = 0). Needs
-alpha > 0 at every time but a final sigma = 0.
+applies it always) and the official code do (`diffjax.solvers.multistep.step_order`, the rule
+shared with DPM-Solver and DEIS); its uncorrected first-order last step caps the asymptotic order
+at 2. A step that lands on sigma = 0 is first order (diffusers gives NaN there with bh1 or without
+lower_order_final; the official code never steps to sigma = 0). Needs alpha > 0 at every time but
+a final sigma = 0.
+
+**Start.** The warm-up's first step (UniP-1, corrected by UniC-1: order 1 + corrector) caps the
+global order at 2 + corrector. `start="singlestep"` takes the first step as singlestep
+DPM-Solver++-3 (3 NFE, local error O(h^4)) and records x0 at the start time in the history; the
+next step does not correct it (the corrector would be UniC-1, on the first step's single output,
+which is second order: it would replace a third-order result by a worse one) and predicts with
+UniP-2, which the step after corrects with UniC-2 as usual (from the head's x and the history
+x0(t_0), x0(t_1)). The global order is then order + corrector up to 4 (UniPC-3 with corrector),
+when the last step is not first order (`lower_order_final=False`).
 """
 
 from typing import NamedTuple
@@ -30,18 +40,32 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.solvers.base import History, Solver, StepInfo, empty_history, push, read, record, weighted_sum
+from diffjax.solvers.base import (
+    History,
+    Solver,
+    StepInfo,
+    empty_history,
+    gather_history,
+    push,
+    read,
+    record,
+    solver_value,
+    take,
+    weighted_sum,
+)
 from diffjax.solvers.deis import moment_weights
+from diffjax.solvers.dpm_solver import singlestep
+from diffjax.solvers.multistep import START_ORDER, check_bool, check_start, global_order, step_order, warm_up_orders
 
 
 class UniPCState(NamedTuple):
     x: jax.Array  # the predicted sample at the current time, not yet corrected
     x_prev: jax.Array  # the (corrected) sample the previous step started from
-    t_prev: jax.Array  # and its time
-    m: History  # x0 predictions of the last `order` evaluations
-    lam: jax.Array  # (order,) their half-logSNRs, newest first
-    i: jax.Array  # steps taken
-    n: jax.Array  # steps in the grid
+    t_prev: jax.Array  # and its time (not per particle)
+    m: History  # x0 predictions of the last `order` evaluations, values (order, N, ...)
+    lam: jax.Array  # (order,) their half-logSNRs, newest first (not per particle)
+    i: jax.Array  # steps taken (not per particle)
+    n: jax.Array  # steps in the grid (not per particle)
 
 
 def _update(x, m, lam, s, t, p, sched, variant, m_t=None):
@@ -70,34 +94,98 @@ def _update(x, m, lam, s, t, p, sched, variant, m_t=None):
     return x_t if m_t is None else x_t - alpha_t * B * rho_t * (m_t - m_0)
 
 
-def unipc(order: int = 2, variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True) -> Solver:
-    order = _checks.positive_int("order", order)
-    _checks.one_of("order", order, (1, 2, 3))
-    _checks.one_of("variant", variant, ("bh1", "bh2"))
-    for name, value in (("corrector", corrector), ("lower_order_final", lower_order_final)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
+@solver_value
+class UniPC(Solver):
+    """Multistep UniPC with UniP of order `method_order`; build it with `unipc`."""
 
-    def order_at(i, n):
-        return jnp.minimum(jnp.minimum(order, i + 1), n - i if lower_order_final else order)
+    method_order: int = 2
+    variant: str = "bh2"
+    corrector: bool = True
+    lower_order_final: bool = True
+    start: str = "lower_order"
 
-    def init(x, timesteps):
-        lam = jnp.zeros((order,), jnp.result_type(timesteps, float))
-        m = empty_history(order, x)
+    def _order_at(self, i, n, into_zero=False):
+        return step_order(self.method_order, i, n, into_zero=into_zero, lower_order_final=self.lower_order_final)
+
+    def init(self, x, timesteps):
+        lam = jnp.zeros((self.method_order,), jnp.result_type(timesteps, float))
+        m = empty_history(self.method_order, x)
         return UniPCState(x, x, jnp.asarray(timesteps)[0], m, lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
-    def step(state, key, t, t_next, denoise):
+    def step(self, state, key, t, t_next, denoise):
         del key
         sched = denoise.schedule
         pred = denoise(state.x, t)
         x = state.x
-        if corrector:
-            p_prev = order_at(state.i - 1, state.n)
-            x_c = _update(state.x_prev, state.m, state.lam, state.t_prev, t, p_prev, sched, variant, pred.x0)
-            x = jnp.where(state.i > 0, x_c, x).astype(x.dtype)
+        if self.corrector:  # correct step i - 1 (not the singlestep start: it is already third order)
+            p_prev = self._order_at(state.i - 1, state.n)
+            x_c = _update(state.x_prev, state.m, state.lam, state.t_prev, t, p_prev, sched, self.variant, pred.x0)
+            x = jnp.where(state.i > len(self.head), x_c, x).astype(x.dtype)
         m, lam = record(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
-        p = jnp.where(jnp.isinf(sched.logsnr(t_next)), 1, order_at(state.i, state.n))
-        x_next = _update(x, m, lam, t, t_next, p, sched, variant).astype(x.dtype)
+        p = self._order_at(state.i, state.n, jnp.isinf(sched.logsnr(t_next)))
+        x_next = _update(x, m, lam, t, t_next, p, sched, self.variant).astype(x.dtype)
         return UniPCState(x_next, x, t, m, lam, state.i + 1, state.n), StepInfo(jnp.int32(1), pred.x0)
 
-    return Solver(init, step)
+    def singlestep_start(self, state, key, t, t_next, denoise):
+        """The first step as singlestep DPM-Solver++-3 (3 NFE); records x0 at t in the history."""
+        del key
+        sched = denoise.schedule
+        x_next, pred = singlestep(START_ORDER, "dpmsolver++", "dpmsolver", "logsnr", state.x, t, t_next, denoise)
+        m, lam = record(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
+        new = UniPCState(x_next.astype(state.x.dtype), state.x, t, m, lam, state.i + 1, state.n)
+        return new, StepInfo(jnp.int32(START_ORDER), pred.x0)
+
+    @property
+    def head(self):
+        return (self.singlestep_start,) if self.start == "singlestep" else ()
+
+    @property
+    def order(self):
+        order, boost = self.method_order, int(self.corrector)
+        # The last step is never corrected: UniP-1 with lower_order_final (and the one before UniP-2,
+        # corrected), else UniP-order.
+        final = [1, min(order, 2) + boost] if self.lower_order_final else [order]
+        return global_order(order + boost, warm_up_orders(order, self.start, boost) + final)
+
+    def gather(self, state, ancestors):
+        return state._replace(
+            x=take(state.x, ancestors), x_prev=take(state.x_prev, ancestors), m=gather_history(state.m, ancestors)
+        )
+
+
+def unipc(
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+    *,
+    start: str = "lower_order",
+) -> UniPC:
+    """UniPC (Zhao, Bai, Rao, Zhou & Lu 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
+    Sampling of Diffusion Models"), multistep in data prediction, as the official
+    `multistep_uni_pc_bh_update` and diffusers' UniPCMultistepScheduler.
+
+    Each step predicts with UniP-`order` and, with `corrector`, the next step's single evaluation
+    corrects it with UniC, lifting the order by one at no extra cost: one NFE per step. Declared
+    order: min(order + corrector, 2 + corrector) with the lower-order start, order + corrector with
+    `start="singlestep"`, both capped at 2 by `lower_order_final`'s first-order last step.
+
+    Args:
+      order: the predictor's order, 1, 2 or 3.
+      variant: "bh1" (B(h) = -h) or "bh2" (B(h) = expm1(-h), the default of diffusers).
+      corrector: apply UniC (the "PC" in UniPC); False is UniP alone.
+      lower_order_final: use order min(order, steps left) on every grid, as diffusers' code and the
+        official code do; the last step is then first order and uncorrected.
+      start: "lower_order" (orders 1, 2, ... on the first steps, as diffusers) or "singlestep" (the
+        first step is singlestep DPM-Solver++-3, 3 NFE).
+
+    Returns:
+      A `Solver` value (`UniPC`).
+    """
+    order = _checks.positive_int("order", order)
+    _checks.one_of("order", order, (1, 2, 3))
+    _checks.one_of("variant", variant, ("bh1", "bh2"))
+    check_bool("corrector", corrector)
+    check_bool("lower_order_final", lower_order_final)
+    check_start(start)
+    return UniPC(order, variant, corrector, lower_order_final, start)

@@ -8,10 +8,10 @@ once. See `fk`, `twisted` (TDS) and `inpaint` (SMCDiff) for the algorithms, `res
 
 from diffjax.steering import fk, inpaint, particles, resampling, rewards, search, seeds, twisted, twists, verifiers
 from diffjax.steering.fk import FK, POTENTIALS, FKInfo, FKState, default_schedule, fk_steer, importance_sample
-from diffjax.steering.rewards import chunked
 from diffjax.steering.inpaint import smcdiff
 from diffjax.steering.particles import Particles, best_of, resampled, weighted
 from diffjax.steering.resampling import ess, maybe_resample, normalise, resampling_schedule
+from diffjax.steering.rewards import chunked
 from diffjax.steering.search import (
     Generator,
     ODEGenerator,

@@ -193,6 +193,7 @@ class FK:
         step_fn = self.solver.step_at(i, num_steps)
         solver_state, info = step_fn(state.solver, key_solver, timesteps[i], timesteps[i + 1], denoiser)
         x_reward = solver_state.x if self.reward_on == "xt" else info.x0
+
         def potential(pot, x, key):
             return self._potential(pot, x, key, timesteps[i], denoiser.schedule, cond, dtype)
 
@@ -237,9 +238,21 @@ class FK:
                        jnp.sum(infos.nfe))  # fmt: skip
 
 
-def fk(solver: Solver, reward: Callable, *, lmbda: float, num_particles: int, num_steps: int,
-       potential: str | Callable = "diff", reward_on: str = "x0", num_x0_samples: int = 4, x0_std: float = 0.5,
-       schedule: resampling.Schedule | None = None, resampler: str = "systematic", drop_weights: bool = False) -> FK:  # fmt: skip
+def fk(
+    solver: Solver,
+    reward: Callable,
+    *,
+    lmbda: float,
+    num_particles: int,
+    num_steps: int,
+    potential: str | Callable = "diff",
+    reward_on: str = "x0",
+    num_x0_samples: int = 4,
+    x0_std: float = 0.5,
+    schedule: resampling.Schedule | None = None,
+    resampler: str = "systematic",
+    drop_weights: bool = False,
+) -> FK:
     """The FK steering kernel (`FK`) for a grid of `num_steps` steps; the arguments are `fk_steer`'s.
 
     Returns:

@@ -10,14 +10,16 @@ are weighted by how well the kernel predicted them,
     log w += sum_observed log N(y_s; mean_p(x_t), std_p(x_t)^2),
 
 then resampled. The kernel is any stochastic `solvers.GaussianSolver`'s transition (DDPM by
-default). With a kernel that factorises over entries (every diagonal Gaussian) and an exact model, the free entries target p(x0_free | x0_observed = y) as K grows, because the forward
-noise of the observed entries is independent of the free ones. The returned samples hold y
-exactly on the observed entries.
+default). With a kernel that factorises over entries (every diagonal Gaussian) and an exact model,
+the free entries target p(x0_free | x0_observed = y) as K grows, because the forward noise
+of the observed entries is independent of the free ones. The returned samples hold y exactly
+on the observed entries.
 """
 
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import struct
 
 from diffjax import _checks, gaussian
@@ -366,5 +365,6 @@ def noise_search(denoiser, timesteps, key, x_T, verifier: Callable, *, num_candi
     steps = jnp.shape(timesteps)[0] - 1
     if choices is not None and jnp.shape(choices) != (steps, jnp.shape(x_T)[0]):
         raise ValueError(f"choices must have shape (steps, B) = {(steps, jnp.shape(x_T)[0])}, got {jnp.shape(choices)}")
+    forced = None if choices is None else jnp.asarray(choices, jnp.int32)
     return _noise_search(solver, denoiser, as_pytree(verifier), jnp.asarray(timesteps), key, jnp.asarray(x_T),
-                         num_candidates, cond, None if choices is None else jnp.asarray(choices, jnp.int32))  # fmt: skip
+                         num_candidates, cond, forced)  # fmt: skip

@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax import _checks, gaussian
 from diffjax.arrays import as_pytree, broadcast_to_x, per_particle
