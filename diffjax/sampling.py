@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax import _checks
 from diffjax.denoiser import Denoiser

@@ -53,17 +53,19 @@ def test_convergence_is_second_order_on_karras_and_logsnr_grids(name):
     # not to the warm-up, whose errors (made at high noise) the contracting flow damps: F-PNDM and PLMS agree
     # to three digits. Measured last three slopes: S-PNDM 2.01, 2.01, 2.01 (Karras) and 1.99, 2.00, 2.00
     # (logSNR); F-PNDM and PLMS 2.04, 2.01, 2.00 and 2.02, 2.01, 2.00.
-    sched = dj.schedules.vp_linear()
+    sched, solver = dj.schedules.vp_linear(), SOLVERS[name]
+    assert solver.order == 2.0  # the declared order is the general one (F-PNDM's 4 needs a special grid, below)
     for grid in GRIDS.values():
-        errors, slopes = convergence(SOLVERS[name], sched, grid, ns=(64, 128, 256, 512))
-        assert np.all(np.abs(slopes - 2.0) < 0.15), (errors, slopes)
+        errors, slopes = convergence(solver, sched, grid, ns=(64, 128, 256, 512))
+        assert np.all(np.abs(slopes - solver.order) < 0.15), (errors, slopes)
 
 
 def test_fpndm_is_fourth_order_on_a_grid_uniform_in_sigma():
     # Karras with rho = 1 has equal steps in s, so AB4 keeps its order: 4 (measured 3.84, 3.94; 3.98 at 1024).
     # The warm-up is only locally O(h^3) here (t-midpoints of vp_linear are not s-midpoints; PLMS starts with
     # improved Euler, AB2, AB3), but its error at high noise is damped by the contracting flow and does not
-    # show up to 2048 steps: PLMS measures the same to three digits.
+    # show up to 2048 steps: PLMS measures the same to three digits. This exceeds F-PNDM's declared `order`
+    # (2, what it reaches on general grids such as Karras and logSNR): the gap is the grid's, so 4 stays here.
     sched = dj.schedules.vp_linear()
     grid = lambda s, n: dj.timesteps.karras(s, n, sigma_min=0.05, sigma_max=1.0, rho=1.0, append_zero=False)  # noqa: E731
     errors, slopes = convergence(SOLVERS["f_pndm"], sched, grid, ns=(128, 256, 512))

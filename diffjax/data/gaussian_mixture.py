@@ -13,7 +13,6 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import struct
 
 from diffjax import gaussian

@@ -135,7 +135,7 @@ class GaussianSolver(Solver):
     def step(self, state, key, t, t_next, denoise):
         pred = denoise(state.x, t)
         law = self.transition(state, pred, t, t_next, denoise.schedule)
-        x_next = law.sample(key) if self.stochastic else law.mean.astype(state.x.dtype)
+        x_next = (law.sample(key) if self.stochastic else law.mean).astype(state.x.dtype)
         return self.advance(state, x_next, pred, t, t_next, denoise.schedule), StepInfo(jnp.int32(1), pred.x0)
 
 
@@ -295,6 +295,14 @@ def custom(init: Callable, step: Callable, *, head=(), tail=(), order: float = 1
     `step(state, key, t, t_next, denoise) -> (state, StepInfo)`, with optional head and tail step
     functions. It is hashed by the identity of its functions, so build it once and reuse it; write
     a `solver_value` class instead to get equality by options.
+
+    Args:
+      init: `init(x_T, timesteps) -> state`, the state with the sample in `.x`.
+      step: `step(state, key, t, t_next, denoise) -> (state, StepInfo)`.
+      head: step functions used instead of `step` on the grid's first intervals.
+      tail: step functions used instead of `step` on the grid's last intervals.
+      order: the declared convergence order.
+      stochastic: whether `step` draws noise from its key.
 
     Returns:
       A `Solver`.

@@ -24,7 +24,8 @@ what is measured (`variance`) differ between its two implementations:
   `variance="eps"`: v is the variance of eps(x, t) at the state's own time, as the DPM-Solver variant
   does (dpm_solver_utils.py L389-420 measures `model_prev_list[-1]`, the last noise prediction, not x).
   That prediction is the wrapped step's own first network call, so it is reused, not paid twice
-  (a step whose first call differs, as with PNDM's index shift, pays one more NFE, and counts it).
+  (`Reuse`; a step whose first call differs, as with PNDM's index shift, pays one more NFE, and
+  counts it).
 
 Each sample gets its own times: the wrapped step sees t, t' of shape (B, 1, ..., 1), which DDIM,
 Euler and PNDM broadcast against x, and its denoiser receives them as (B,). Solvers that store times
@@ -39,22 +40,37 @@ import jax.numpy as jnp
 
 from diffjax import _checks
 from diffjax.schedules import Discrete
-from diffjax.solvers.base import Solver
+from diffjax.solvers.base import Solver, Wrapper, check_solver, solver_value, take
 
 
 class TimeShiftState(NamedTuple):
     inner: Any  # the wrapped solver's state
     t: jax.Array  # (B, 1, ..., 1): the time each sample's state sits at (after a shift, t_k)
-    steps: jax.Array  # int32: steps taken; the first step is never shifted
+    steps: jax.Array  # int32: steps taken; the first step is never shifted (not per particle)
 
     @property
     def x(self):
         return self.inner.x
 
 
-class _Denoise:
-    """The denoiser the wrapped step sees: (B, 1, ..., 1) times go to the network as (B,), and the
-    wrapper's own eps(x, t) is handed back when the step makes exactly that call (traced objects)."""
+class Reuse:
+    """A denoiser that answers one call it has already seen: `Reuse(denoise, x, t, pred)` returns
+    `pred` when called with exactly the objects `x` and `t` (the same traced arrays, compared with
+    `is`) and no `cond`, and calls `denoise` otherwise. `reused` then says whether the saved
+    prediction was handed out, so the caller counts the NFE it saved.
+
+    Use it to hand a solver step a prediction computed beforehand (to measure the state, to score a
+    candidate) without paying for the step's own first network call:
+
+        pred = denoise(state.x, t)
+        reuse = Reuse(denoise, state.x, t, pred)
+        state, info = solver.step(state, key, t, t_next, reuse)  # its denoise(state.x, t) is `pred`
+        nfe = info.nfe + (0 if reuse.reused else 1)
+
+    The match is by identity, so it is free and safe under `jit`: a step that evaluates elsewhere
+    (a shifted time, a perturbed x) simply calls the network. With `pred=None` it only forwards.
+    `schedule` is the wrapped denoiser's.
+    """
 
     def __init__(self, denoise, x=None, t=None, pred=None):
         self.schedule, self._denoise, self._x, self._t, self._pred = denoise.schedule, denoise, x, t, pred
@@ -64,6 +80,16 @@ class _Denoise:
         if self._pred is not None and x is self._x and t is self._t and cond is None:
             self.reused = True
             return self._pred
+        return self._denoise(x, t) if cond is None else self._denoise(x, t, cond)
+
+
+class _PerSampleTimes:
+    """The denoiser the wrapped step sees: (B, 1, ..., 1) times go to the network as (B,)."""
+
+    def __init__(self, denoise):
+        self.schedule, self._denoise = denoise.schedule, denoise
+
+    def __call__(self, x, t, cond=None):
         t = jnp.asarray(t)
         t = t.reshape(x.shape[:1]) if t.ndim == x.ndim > 1 else t
         return self._denoise(x, t) if cond is None else self._denoise(x, t, cond)
@@ -85,21 +111,23 @@ def _choose(sched, v, t_next, window):
     return times[jnp.argmin(dist, axis=1)]
 
 
-def time_shift(solver: Solver, *, window: int, cutoff: int, variance: str = "state", resume: str = "shifted"):
-    """`solver` with TS-DPM's time shift: `window` and `cutoff` in training steps (paper: 5 and 550 for
-    F-PNDM at 100 steps, 30 and 300 for DPM-Solver), `variance` "state" | "eps", `resume` "shifted" | "grid"."""
-    if not isinstance(solver, Solver):
-        raise ValueError(f"solver must be a diffjax Solver, got {solver!r}")
-    window = _checks.positive_int("window", window, 0)
-    cutoff = _checks.positive_int("cutoff", cutoff, 0)
-    _checks.one_of("variance", variance, ("state", "eps"))
-    _checks.one_of("resume", resume, ("shifted", "grid"))
+@solver_value
+class TimeShift(Wrapper):
+    """`inner` with TS-DPM's time shift; build it with `time_shift`."""
 
-    def init(x_T, timesteps):
-        t = jnp.broadcast_to(jnp.asarray(timesteps)[0], x_T.shape[:1] + (1,) * (x_T.ndim - 1))
-        return TimeShiftState(solver.init(x_T, timesteps), t, jnp.int32(0))
+    inner: Solver
+    window: int
+    cutoff: int
+    variance: str = "state"
+    resume: str = "shifted"
 
-    def wrap(step_fn, first):
+    def init(self, x, timesteps):
+        t = jnp.broadcast_to(jnp.asarray(timesteps)[0], x.shape[:1] + (1,) * (x.ndim - 1))
+        return TimeShiftState(self.inner.init(x, timesteps), t, jnp.int32(0))
+
+    def wrap(self, step_fn, index):
+        first = index == 0
+
         def step(state, key, t, t_next, denoise):
             sched, x = denoise.schedule, state.x
             if not isinstance(sched, Discrete):
@@ -107,23 +135,55 @@ def time_shift(solver: Solver, *, window: int, cutoff: int, variance: str = "sta
                     f"time_shift counts its window and cutoff in training steps and needs a discrete() schedule, "
                     f"got {type(sched).__name__}"
                 )
-            start = state.t if resume == "shifted" else jnp.broadcast_to(t, state.t.shape).astype(state.t.dtype)
-            target, den = jnp.broadcast_to(t_next, x.shape[:1]), _Denoise(denoise)
+            start = state.t if self.resume == "shifted" else jnp.broadcast_to(t, state.t.shape).astype(state.t.dtype)
+            per_sample = _PerSampleTimes(denoise)
+            den = Reuse(per_sample)
+            target = jnp.broadcast_to(t_next, x.shape[:1])
             if not first:
-                if variance == "eps":
+                if self.variance == "eps":
                     pred = denoise(x, start.reshape(x.shape[:1]))
-                    den, v = _Denoise(denoise, x, start, pred), _variance(pred.eps)
+                    den, v = Reuse(per_sample, x, start, pred), _variance(pred.eps)
                 else:
                     v = _variance(x)
-                shift = (state.steps > 0) & (sched.num_train_timesteps * t_next - 1.0 > cutoff + 1e-6)
-                target = jnp.where(shift, _choose(sched, v, t_next, window), target)
+                shift = (state.steps > 0) & (sched.num_train_timesteps * t_next - 1.0 > self.cutoff + 1e-6)
+                target = jnp.where(shift, _choose(sched, v, t_next, self.window), target)
             target = target.reshape(start.shape).astype(start.dtype)
             inner, info = step_fn(state.inner, key, start, target, den)
-            if variance == "eps" and not first and not den.reused:
+            if self.variance == "eps" and not first and not den.reused:
                 info = info._replace(nfe=info.nfe + 1)
             return TimeShiftState(inner, target, state.steps + 1), info
 
         return step
 
-    head = tuple(wrap(step_fn, i == 0) for i, step_fn in enumerate(solver.head))
-    return Solver(init, wrap(solver.step, False), head, tuple(wrap(step_fn, False) for step_fn in solver.tail))
+    def gather(self, state, ancestors):
+        return TimeShiftState(self.inner.gather(state.inner, ancestors), take(state.t, ancestors), state.steps)
+
+
+def time_shift(
+    solver: Solver, *, window: int, cutoff: int, variance: str = "state", resume: str = "shifted"
+) -> TimeShift:
+    """The Time-Shift sampler (Li, Qu, Yao, Sun & Moens 2024, "Alleviating Exposure Bias in Diffusion
+    Models through Sampling with Shifted Time Steps"; TS-DPM) as a wrapper of any solver: before each
+    step but the first whose target lies above training step `cutoff`, every sample moves its target
+    to the training step within `window` whose 1 - abar matches the sample's variance (module
+    docstring). Needs a `discrete()` schedule; same NFE as `solver`; declares `solver`'s order.
+
+    Args:
+      solver: the solver to wrap (any; its step sees per-sample times of shape (B, 1, ..., 1)).
+      window: width of the candidate window in training steps (>= 0; the paper uses 5 for F-PNDM
+        at 100 steps, 30 for DPM-Solver).
+      cutoff: shift only targets above this training step (>= 0; paper: 550 and 300).
+      variance: "state" (the variance of x, the paper's and TS-DPM's PNDM code) or "eps" (of the
+        noise prediction at the state's time, TS-DPM's DPM-Solver code; reused by the step).
+      resume: "shifted" (the next step starts at the shifted time, TS-DPM's DPM-Solver code) or
+        "grid" (at the grid's time again, TS-DPM's DDIM/PNDM code).
+
+    Returns:
+      A `Solver` value (a `Wrapper` of `solver` with its own state, `TimeShiftState`).
+    """
+    check_solver("solver", solver)
+    window = _checks.positive_int("window", window, 0)
+    cutoff = _checks.positive_int("cutoff", cutoff, 0)
+    _checks.one_of("variance", variance, ("state", "eps"))
+    _checks.one_of("resume", resume, ("shifted", "grid"))
+    return TimeShift(solver, window, cutoff, variance, resume)
