@@ -22,12 +22,12 @@ import json
 import os
 import time
 
-import builders
+import cli
 import jax
 import jax.numpy as jnp
 import numpy as np
 import plots
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 import diffjax as dj
@@ -57,7 +57,7 @@ def _blobs():
 def draw(run, den, solver, ts, key, num, batch_size, labels):
     """`num` samples in batches (labels[i] for sample i, or None), and the seconds the batches took
     after a first, compiling batch."""
-    shape = run.data.example.shape[1:]
+    shape = run.event_shape
 
     def batch(i):
         key_start, key_solver = jax.random.split(jax.random.fold_in(key, i))
@@ -99,9 +99,8 @@ def fid_spread(features, real, n: int) -> tuple[float, float]:
 
 
 def sample_trained(config):
-    run = builders.restore_run(config.run)
-    params = run.state.ema_params if config.use_ema else run.state.params
-    num_classes = run.data.num_classes
+    run = dj.training.load_run(config.run, field="config.run")
+    num_classes = run.num_classes
     num = dj._checks.positive_int("config.num", config.num)
     batch_size = dj._checks.positive_int("config.batch_size", config.batch_size)
     labels = None if num_classes is None else np.arange(-(-num // batch_size) * batch_size) % num_classes
@@ -111,13 +110,12 @@ def sample_trained(config):
     scales = [dj._checks.finite("config.guidance", w) for w in config.guidance]
     if num_classes is None and scales != [1.0]:
         raise ValueError(f"config.guidance must be (1.0,) for an unconditional model, got {tuple(scales)}")
-    prediction = run.config.loss.prediction
-    den = dj.Denoiser(dj.models.apply_fn(run.module), params, schedule=run.schedule, prediction=prediction)
+    den = run.denoiser if config.use_ema else run.denoiser_for(run.params)
 
     judge = None
     if config.classifier_run:
-        classifier = builders.restore_run(config.classifier_run, "config.classifier_run")
-        judge = builders.classifier_apply(classifier.module, classifier.state.ema_params)
+        classifier = dj.training.load_run(config.classifier_run, field="config.classifier_run")
+        judge = dj.training.classifier_apply(classifier.module, classifier.ema_params)
         real, other, n_fid = real_sets(run.data, num, jax.random.key(config.seed))
         real, other = judge(real).features, judge(other).features
     name = f"{run.config.data.name}-FID"
@@ -140,7 +138,7 @@ def sample_trained(config):
                 grids[scale] = x[:100]
 
     which = "EMA" if config.use_ema else "raw"
-    print(f"\n{config.run}: step {int(run.state.step)}, {which} parameters, {num} samples per row")
+    print(f"\n{config.run}: step {run.step}, {which} parameters, {num} samples per row")
     floor = None
     if judge is not None:
         fid, sd = fid_spread(other, real, n_fid)
@@ -248,4 +246,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=builders.parse_flags)
+    cli.run(main)

@@ -17,12 +17,12 @@ import json
 import os
 import time
 
-import builders
+import cli
 import jax
 import numpy as np
 import plots
 import tasks
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 import diffjax as dj
@@ -113,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=builders.parse_flags)
+    cli.run(main)

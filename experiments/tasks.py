@@ -6,7 +6,6 @@ its null label, a classifier reward ("classifier(target=3)", needs `config.class
 colour reward ("colour(colour='red')"), scored by hit rate and feature diversity.
 """
 
-import builders
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,8 +24,8 @@ class Task:
 def toy_task(config):
     gmm = dj.data.ring()
     sched = dj.specs.parse("config.schedule", config.schedule, dj.schedules.REGISTRY)()
-    spec = dj.specs.parse("config.reward", config.reward, {"linear": dj.steering.rewards.linear,
-                                                           "quadratic": dj.steering.rewards.quadratic})  # fmt: skip
+    registry = {name: dj.steering.rewards.REGISTRY[name] for name in ("linear", "quadratic")}
+    spec = dj.specs.parse("config.reward", config.reward, registry)
     reward = spec()
     tilt = gmm.tilted_quadratic if spec.func is dj.steering.rewards.quadratic else gmm.tilted_linear
     tilted, _ = tilt(**spec.keywords, lmbda=config.lmbda)
@@ -40,36 +39,31 @@ def toy_task(config):
 
 
 def image_task(config):
-    run = builders.restore_run(config.run)
-    params = run.state.ema_params if config.use_ema else run.state.params
-    den = dj.Denoiser(dj.models.apply_fn(run.module), params, schedule=run.schedule,
-                      prediction=run.config.loss.prediction)  # fmt: skip
-    num_classes = run.data.num_classes
+    run = dj.training.load_run(config.run, field="config.run")
+    den = run.denoiser if config.use_ema else run.denoiser_for(run.params)
+    num_classes = run.num_classes
     cond = None if num_classes is None else jnp.full((config.num_conditions,), num_classes, jnp.int32)  # null label
     judge = None
     if config.classifier_run:
-        classifier = builders.restore_run(config.classifier_run, "config.classifier_run")
-        module, c_params = classifier.module, classifier.state.ema_params
-        judge = builders.classifier_apply(module, c_params)
+        classifier = dj.training.load_run(config.classifier_run, field="config.classifier_run")
+        module, c_params = classifier.module, classifier.ema_params
+        judge = dj.training.classifier_apply(module, c_params)
 
-        def logits_fn(x):
-            return module.apply(c_params, x.astype(jnp.float32)).logits
-
-    def class_reward(target: int):
+    registry = {name: dj.steering.rewards.REGISTRY[name] for name in ("classifier", "colour")}
+    spec = dj.specs.parse("config.reward", config.reward, registry)
+    if spec.func is dj.steering.rewards.classifier_reward:
         if judge is None:
             raise ValueError(f"config.reward={config.reward!r} needs config.classifier_run")
-        return dj.steering.rewards.class_log_prob(logits_fn, target=target)
-
-    spec = dj.specs.parse("config.reward", config.reward, {"classifier": class_reward,
-                                                           "colour": dj.steering.rewards.colour_fraction})  # fmt: skip
-    reward = spec()
-    if spec.func is class_reward:
+        if spec.keywords.get("target") is None:
+            raise ValueError(f"config.reward must name a target class as 'classifier(target=3)', got {config.reward!r}")
+        reward = spec(module, c_params)  # the classifier's parameters are leaves of the reward, not constants
         target = spec.keywords["target"]
         hit = lambda x: judge(x).logits.argmax(-1) == target  # noqa: E731
     else:
+        reward = spec()
         hit = lambda x: np.asarray(reward(jnp.asarray(x))) > config.hit_threshold  # noqa: E731
     features = (lambda x: judge(x).features) if judge is not None else (lambda x: np.asarray(x).reshape(len(x), -1))
-    return Task(den, run.schedule, run.data.example.shape[1:], cond, reward, hit, features)
+    return Task(den, run.schedule, run.event_shape, cond, reward, hit, features)
 
 
 def diversity(features) -> float:

@@ -6,10 +6,15 @@ r"""Train a diffusion model from a config; resume from the newest readable check
     python experiments/train.py --config=configs/classifier.py:digits --workdir=runs/digits_classifier
 
 Data parallel over a 'data' mesh of `config.num_devices` devices (0: all). Writes to --workdir:
-checkpoints (Orbax, config JSON beside each), `log.jsonl`, TensorBoard events in `tb/`, sample
-grids `samples_<step>.png` and `loss.png`, and `final.json` (parameter digests; toy sets: sliced W2
-to fresh data; classifiers: accuracy on held-out data). Killing the run and starting the same command again
-continues it bit-identically (on the CPU): batches and keys depend on the step only.
+checkpoints (Orbax, config JSON beside each), `log.jsonl`, TensorBoard events in `tb/`, samples
+`samples_<step>.png` with their arrays `samples_<step>.npz` (`dj.training.draw_samples`; a run
+loaded with `dj.training.load_run(workdir)` redraws them bit-identically on the CPU), `loss.png`,
+and `final.json` (parameter digests; toy sets: sliced W2 to fresh data; classifiers: accuracy on
+held-out data). Killing the run and starting the same command again continues it bit-identically
+(on the CPU): batches and keys depend on the step only. Starting a finished command again prints
+its `final.json` and writes nothing; a larger `config.optim.total_steps` continues it. A workdir
+holding another model (`dj.training.build.MODEL_FIELDS` differ) is refused: exit code 2 and one
+line on stderr naming the differing fields.
 """
 
 import hashlib
@@ -17,21 +22,22 @@ import json
 import os
 import time
 
-import builders
+import cli
 import jax
 import jax.numpy as jnp
 import numpy as np
 import plots
 import tqdm
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 import diffjax as dj
-from diffjax.training import checkpoints
+from diffjax.training import build, checkpoints
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, samples)", required=True)
+FINAL = "final.json"
 
 
 def stacked_batches(batches, start, count):
@@ -65,13 +71,20 @@ def peak_device_bytes():
     return stats.get("peak_bytes_in_use")
 
 
-def draw_samples(config, module, schedule, params, data, step):
-    """config.sample.num samples from `params` (labels cycling through the classes)."""
-    den, solver, ts = builders.sampler(config, module, schedule, params)
-    n = config.sample.num
-    x_T = dj.prior_sample(jax.random.key(step), schedule, ts, (n,) + data.example.shape[1:])
-    labels = builders.sample_labels(data.num_classes, n)
-    return np.asarray(dj.sample(solver, den, ts, jax.random.key(step + 1), x_T, cond=labels)[0])
+def finished(workdir, step, total):
+    """The final metrics of a run that already finished `total` steps in `workdir`, else None."""
+    path = os.path.join(workdir, FINAL)
+    if step != total or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        final = json.load(f)
+    return final if final.get("step") == total else None
+
+
+def save_samples(workdir, samples, step):
+    """`samples_<step>.png` (a grid or scatter plot) and the arrays as `samples_<step>.npz` (key "samples")."""
+    plots.save_samples(os.path.join(workdir, f"samples_{step}.png"), samples, f"step {step} (EMA)")
+    np.savez(os.path.join(workdir, f"samples_{step}.npz"), samples=samples)
 
 
 def main(argv):
@@ -80,24 +93,46 @@ def main(argv):
     config, workdir = _CONFIG.value, _WORKDIR.value
     if config is None:
         raise ValueError("--config is required, e.g. --config=configs/train.py:moons")
-    classifier = builders.task(config) == "classifier"
+    classifier = build.task(config) == "classifier"
     mesh = dj.parallel.data_mesh(config.num_devices or None)
-    data, training, module, state = builders.initial_state(config, mesh)
-    label_dropout = config.model.get("label_dropout", 0.0)
-    step_fn = dj.training.step.make_train_step(
-        training.loss, builders.train_apply(module, data.num_classes, label_dropout), training.optimizer, training.ema
+    data, training, module = build.build(config, mesh)
+    step_fn = dj.training.make_train_step(
+        training.loss, build.build_train_apply(config, module), training.optimizer, training.ema
     )
-    os.makedirs(workdir, exist_ok=True)
+    total = config.optim.total_steps
 
-    replicated = jax.tree.map(lambda _: dj.parallel.replicated(mesh), state)
-    mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, replicated)
-    restored, _, restored_step = checkpoints.restore_latest(mngr, abstract)
-    if restored is not None:
-        state = restored
+    os.makedirs(workdir, exist_ok=True)
+    replicated = dj.parallel.replicated(mesh)
+    mngr = checkpoints.manager(os.path.join(workdir, dj.training.runs.CHECKPOINTS), max_to_keep=config.keep_checkpoints)
+    saved, _ = checkpoints.restore_config(mngr)
+    if saved is not None and (differences := build.model_differences(saved, config)):
+        mngr.close()
+        raise ValueError(f"--workdir={workdir} holds a run of another model; differing fields: "
+                         f"{'; '.join(differences)}. Use another --workdir, or the saved config.")  # fmt: skip
+    abstract = build.abstract_state(config, module, training.optimizer, data, replicated)
+    state, _, restored_step = checkpoints.restore_latest(mngr, abstract)
+    if state is None and (steps := sorted(mngr.all_steps())):
+        mngr.close()
+        raise ValueError(f"--workdir={workdir}: none of its checkpoints (steps {steps}) could be restored "
+                         "(see the warnings above); move them away to start afresh")  # fmt: skip
+    if state is not None:
+        if restored_step > total:
+            mngr.close()
+            raise ValueError(f"config.optim.total_steps={total} is below the step {restored_step} of the run in "
+                             f"--workdir={workdir}")  # fmt: skip
+        if (final := finished(workdir, restored_step, total)) is not None:  # nothing to do: touch nothing
+            mngr.close()
+            print(f"the run in {workdir} finished at step {total}; its final metrics ({FINAL}):")
+            print(json.dumps(final))
+            return
         print(f"resumed from the checkpoint at step {restored_step}")
+    else:
+        state = build.initial_state(config, module, training.optimizer, data)
     state = jax.device_put(state, replicated)
-    multi = jax.jit(dj.training.step.scan_steps(step_fn), out_shardings=(replicated, None), donate_argnums=0)
+    multi = jax.jit(dj.training.scan_steps(step_fn), out_shardings=(replicated, None), donate_argnums=0)
+
+    def live_run(state):
+        return dj.training.Run(config, module, training.schedule, data, state, workdir)
 
     start = int(state.step)
     log_path = os.path.join(workdir, "log.jsonl")
@@ -106,7 +141,7 @@ def main(argv):
         f.writelines(json.dumps(r) + "\n" for r in rows)
     writer = SummaryWriter(os.path.join(workdir, "tb"))
     config_json = json.loads(config.to_json())
-    per_call, total = config.steps_per_call, config.optim.total_steps
+    per_call = config.steps_per_call
     progress = tqdm.tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
     tick, examples = time.perf_counter(), 0
     for step in range(start, total, per_call):
@@ -129,11 +164,8 @@ def main(argv):
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", ex_per_s=f"{rate:.0f}")
         if done % config.checkpoint_every == 0 or done == total:
             checkpoints.save(mngr, state, config_json, force=done == total)
-        if classifier:
-            continue
-        if done == total or (config.sample_every and done % config.sample_every == 0):
-            samples = draw_samples(config, module, training.schedule, state.ema_params, data, done)
-            plots.save_samples(os.path.join(workdir, f"samples_{done}.png"), samples, f"step {done} (EMA)")
+        if not classifier and done < total and config.sample_every and done % config.sample_every == 0:
+            save_samples(workdir, dj.training.draw_samples(live_run(state), step=done), done)
     progress.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -149,18 +181,21 @@ def main(argv):
     }
     if classifier and not module.time_conditioned:  # accuracy of the EMA classifier, held out if possible
         x, labels = data.evaluation
-        predicted = builders.classifier_apply(module, state.ema_params)(x).logits.argmax(-1)
+        predicted = dj.training.classifier_apply(module, state.ema_params)(x).logits.argmax(-1)
         name = "held_out" if data.held_out else "training_set"
         final.update({f"{name}_accuracy": float(np.mean(predicted == labels)), f"{name}_size": len(labels)})
-    if not classifier and data.fresh is not None and data.example.ndim == 2:  # toy 2-D: sliced W2 against fresh data
-        fresh = lambda seed: np.asarray(data.fresh(jax.random.key(seed), config.sample.num))
-        key = jax.random.key(0)
-        final["sliced_w2"] = float(dj.metrics.sliced_w2_squared(key, samples, fresh(1)))
-        final["sliced_w2_data_vs_data"] = float(dj.metrics.sliced_w2_squared(key, fresh(2), fresh(1)))
-    with open(os.path.join(workdir, "final.json"), "w") as f:
+    if not classifier:
+        samples = dj.training.draw_samples(live_run(state), step=total)
+        save_samples(workdir, samples, total)
+        if data.fresh is not None and len(data.event_shape) == 1:  # toy 2-D: sliced W2 against fresh data
+            fresh = lambda seed: np.asarray(data.fresh(jax.random.key(seed), config.sample.num))
+            key = jax.random.key(0)
+            final["sliced_w2"] = float(dj.metrics.sliced_w2_squared(key, samples, fresh(1)))
+            final["sliced_w2_data_vs_data"] = float(dj.metrics.sliced_w2_squared(key, fresh(2), fresh(1)))
+    with open(os.path.join(workdir, FINAL), "w") as f:
         json.dump(final, f)
     print(json.dumps(final))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=builders.parse_flags)
+    cli.run(main)

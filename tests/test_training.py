@@ -1,27 +1,42 @@
 """End-to-end training on the CPU: it learns, it resumes bit-identically after kill -9, and data
-parallelism over 8 devices gives the loss curve of one device."""
+parallelism over 8 devices gives the loss curve of one device. A finished run reads back with
+`load_run` and redraws its samples bit for bit; running its command again changes nothing; another
+model in its workdir is refused."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+
+import diffjax as dj
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True):
+def _command(workdir, *overrides, config="configs/train.py:moons"):
+    return [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def _env(devices=None):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    cmd = [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
+    return env
+
+
+def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True):
+    cmd = _command(workdir, *overrides, config=config)
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.Popen(cmd, cwd=ROOT, env=_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads((workdir / "final.json").read_text())
 
@@ -42,8 +57,82 @@ SHORT = ["--config.optim.total_steps=400", "--config.checkpoint_every=100", "--c
          "--config.sample.num=200", "--config.optim.warmup_steps=20"]  # fmt: skip
 
 
-def test_kill_9_and_restart_continue_bit_identically(tmp_path):
-    reference = _train(tmp_path / "reference", *SHORT)
+@pytest.fixture(scope="module")
+def moons_run(tmp_path_factory):
+    """A finished short moons run (400 steps, 200 samples): (workdir, its final.json)."""
+    workdir = tmp_path_factory.mktemp("moons")
+    return workdir, _train(workdir, *SHORT)
+
+
+def _snapshot(directory):
+    """Every file and folder under `directory`: (size, mtime in ns, bytes for files)."""
+    out = {}
+    for root, folders, files in os.walk(directory):
+        for name in folders + files:
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            content = open(path, "rb").read() if name in files else None
+            out[os.path.relpath(path, directory)] = (info.st_size, info.st_mtime_ns, content)
+    return out
+
+
+def _digest(tree):
+    """train.py's parameter digest: SHA-256 of every leaf's bytes."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def test_load_run_redraws_the_samples_train_py_wrote_bit_identically(moons_run):
+    workdir, final = moons_run
+    with jax.enable_x64(False):  # as train.py ran (tests default to float64)
+        run = dj.training.load_run(str(workdir))
+        samples = dj.training.draw_samples(run)
+    assert run.step == final["step"] == 400 and run.event_shape == (2,)
+    assert run.num_classes is None and run.null_label is None and isinstance(run.module, dj.models.MLP)
+    assert _digest(run.ema_params) == final["ema_params_sha256"] and _digest(run.params) == final["params_sha256"]
+    assert run.denoiser.params is run.ema_params and run.denoiser_for(run.params).params is run.params
+    assert run.config.optim.total_steps == 400 and run.config.sample.num == 200
+    np.testing.assert_array_equal(samples, np.load(workdir / "samples_400.npz")["samples"])
+
+
+def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moons_run):
+    workdir, final = moons_run
+    before = _snapshot(workdir)
+    out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == final
+    assert _snapshot(workdir) == before  # log.jsonl, samples_*.png, loss.png, tb/, checkpoints: bytes and mtimes
+    assert {"log.jsonl", "loss.png", "samples_400.png", "samples_400.npz", "tb"} <= set(before)
+
+
+def test_another_model_in_the_workdir_exits_2_naming_the_fields(moons_run):
+    workdir, _ = moons_run
+    before = _snapshot(workdir)
+    cmd = _command(workdir, *SHORT, "--config.model.args.width=128", "--config.model.args.depth=3")
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-4000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ValueError:"), out.stderr
+    assert "config.model.args.depth (saved 4, given 3)" in lines[0] and "config.model.args.width" in lines[0]
+    assert _snapshot(workdir) == before
+
+
+def test_a_larger_total_steps_continues_a_finished_run(moons_run, tmp_path):
+    workdir = tmp_path / "longer"
+    shutil.copytree(moons_run[0], workdir)
+    longer = [*SHORT, "--config.optim.total_steps=450"]
+    out = subprocess.run(_command(workdir, *longer), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from the checkpoint at step 400" in out.stdout
+    assert json.loads((workdir / "final.json").read_text())["step"] == 450
+    assert [json.loads(line)["step"] for line in (workdir / "log.jsonl").read_text().splitlines()][-2:] == [400, 450]
+    assert (workdir / "samples_450.npz").exists()
+
+
+def test_kill_9_and_restart_continue_bit_identically(moons_run, tmp_path):
+    reference_dir, reference = moons_run
     victim = tmp_path / "victim"
     process = _train(victim, *SHORT, wait=False)
     deadline = time.time() + 300
@@ -55,7 +144,7 @@ def test_kill_9_and_restart_continue_bit_identically(tmp_path):
     resumed = _train(victim, *SHORT)
     assert resumed["params_sha256"] == reference["params_sha256"]
     assert resumed["ema_params_sha256"] == reference["ema_params_sha256"]
-    np.testing.assert_array_equal(_losses(victim), _losses(tmp_path / "reference"))
+    np.testing.assert_array_equal(_losses(victim), _losses(reference_dir))
 
 
 def test_eight_devices_give_the_loss_curve_of_one(tmp_path):

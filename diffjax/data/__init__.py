@@ -1,8 +1,14 @@
 """Data that ships with diffjax: exact oracles, toy 2-D sets, digits, procedural shapes, user arrays,
-and deterministic, resumable, shardable batching."""
+and deterministic, resumable, shardable batching.
 
-from diffjax.data import shapes, toy2d
+`REGISTRY` maps the names configs use (`config.data.name`) to `Dataset` builders
+(`dataset.py` says what they take); a new data set is its file with a `dataset(...)` builder and
+one line here.
+"""
+
+from diffjax.data import arrays, digits, shapes, toy2d
 from diffjax.data.arrays import ArrayData, load_npz
+from diffjax.data.dataset import Dataset
 from diffjax.data.digits import Digits, load_digits, train_test_split
 from diffjax.data.gaussian_mixture import GaussianMixture, ring
 from diffjax.data.iterators import ArrayBatches, SamplerBatches, iterate
@@ -16,12 +22,23 @@ from diffjax.data.toy2d import (
     swiss_roll,
 )
 
+REGISTRY = {
+    "toy2d": toy2d.dataset,
+    "digits": digits.dataset,
+    "shapes": shapes.dataset,
+    "npz": arrays.dataset,
+}
+
 __all__ = [
+    "REGISTRY",
     "TOY_2D",
     "ArrayBatches",
     "ArrayData",
+    "Dataset",
     "Digits",
     "GaussianMixture",
+    "arrays",
+    "digits",
     "SamplerBatches",
     "checkerboard",
     "eight_gaussians",

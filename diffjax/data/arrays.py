@@ -5,6 +5,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from diffjax.data.dataset import Dataset
+from diffjax.data.iterators import ArrayBatches
+
 KEYS = ("x", "y")
 
 
@@ -40,3 +43,37 @@ def load_npz(path) -> ArrayData:
     if y is not None and (y.ndim < 1 or len(y) != len(x)):
         raise ValueError(f"y must have x's leading length {len(x)}, got shape {y.shape}")
     return ArrayData(x.astype(np.float32), y)
+
+
+def dataset(
+    *,
+    path: str,
+    conditional: bool = False,
+    split: str = "all",
+    batch_size: int,
+    seed: int = 0,
+    mesh=None,
+    field: str = "data",
+) -> Dataset:
+    """A user's `.npz` file (see `load_npz`) as a `Dataset` (the `"npz"` entry of `diffjax.data.REGISTRY`).
+
+    Args:
+      path: the `.npz` file holding `x` and optionally integer class labels `y`.
+      conditional: whether batches carry `y` (num_classes = max(y) + 1); False ignores `y`.
+      split: must be "all": the whole file is trained on and evaluated against.
+      batch_size: samples per training batch.
+      seed: the data seed (epoch permutations, see `ArrayBatches`).
+      mesh: a mesh with a 'data' axis to shard batches over, or None.
+      field: the config section these options come from, for error messages.
+
+    Returns:
+      A finite `Dataset` evaluated against its own training set.
+    """
+    if split != "all":
+        raise ValueError(f"{field}.split must be 'all' for npz data, got {split!r}")
+    arrays = load_npz(path)
+    x = np.asarray(arrays.x, np.float32)
+    labels = None if arrays.y is None or not conditional else np.asarray(arrays.y, np.int32)
+    num_classes = None if labels is None else int(labels.max()) + 1
+    batches = ArrayBatches((x, labels), batch_size, seed, mesh)
+    return Dataset(batches, x.shape[1:], num_classes, None, lambda: (x, labels), False, x)

@@ -13,6 +13,8 @@ import numpy as np
 from sklearn import datasets
 
 from diffjax import _checks
+from diffjax.data.dataset import Dataset
+from diffjax.data.iterators import ArrayBatches
 
 NUM_CLASSES = 10
 METHODS = ("nearest", "bilinear", "pad")
@@ -65,3 +67,44 @@ def train_test_split(data: Digits, *, test_fraction: float = 0.2, seed: int = 0)
     n_test = round(test_fraction * n)
     take = lambda idx: Digits(data.images[idx], data.labels[idx])
     return take(order[n_test:]), take(order[:n_test])
+
+
+SPLITS = ("all", "train")
+
+
+def dataset(
+    *,
+    size: int = 8,
+    conditional: bool = False,
+    split: str = "all",
+    batch_size: int,
+    seed: int = 0,
+    mesh=None,
+    field: str = "data",
+) -> Dataset:
+    """The digits as a `Dataset` (the `"digits"` entry of `diffjax.data.REGISTRY`).
+
+    Args:
+      size: image side, 8, 16 or 32 (nearest-neighbour upsampling, see `load_digits`).
+      conditional: whether batches carry the labels (10 classes, null label 10).
+      split: "all" trains and evaluates on all 1797 digits; "train" trains on the 80% training
+        part of `train_test_split` (seed 0) and evaluates on the held-out 20%.
+      batch_size: images per training batch.
+      seed: the data seed (epoch permutations, see `ArrayBatches`).
+      mesh: a mesh with a 'data' axis to shard batches over, or None.
+      field: the config section these options come from, for error messages.
+
+    Returns:
+      A finite `Dataset` (`train_x` set, no `fresh`).
+    """
+    _checks.one_of(f"{field}.size", size, SIZES)
+    _checks.one_of(f"{field}.split", split, SPLITS)
+    digits = load_digits(size=size)
+    evaluation = (digits.images, digits.labels)
+    if split == "train":  # the split's test part (20%) is held out
+        digits, test = train_test_split(digits)
+        evaluation = (test.images, test.labels)
+    images, labels = digits.images.astype(np.float32), digits.labels.astype(np.int32)
+    batches = ArrayBatches((images, labels if conditional else None), batch_size, seed, mesh)
+    return Dataset(batches, images.shape[1:], NUM_CLASSES if conditional else None, None, lambda: evaluation,
+                   split == "train", images)  # fmt: skip

@@ -23,8 +23,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import _checks
+from diffjax.data.dataset import Dataset
+from diffjax.data.iterators import SamplerBatches
 
 CLASSES = ("circle", "square", "triangle", "cross")
 PALETTE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -150,3 +153,39 @@ def count(scene: Scene, *, shape: str | None = None, colour: str | None = None):
         _checks.one_of("colour", colour, PALETTE_NAMES)
         match &= scene.colours == PALETTE_NAMES.index(colour)
     return jnp.sum(match, axis=-1, dtype=jnp.int32)
+
+
+EVALUATION_SIZE = 2000  # held-out scenes `dataset` evaluates against
+EVALUATION_SEED = 2**31 - 1  # their root key; training draws from fold_in(key(seed), step), never this
+
+
+def dataset(
+    *, image_size: int = 32, conditional: bool = False, batch_size: int, seed: int = 0, mesh=None, field: str = "data"
+) -> Dataset:
+    """Procedural shapes as a `Dataset` (the `"shapes"` entry of `diffjax.data.REGISTRY`).
+
+    Args:
+      image_size: image side in pixels, >= 16 (every shape then covers a pixel).
+      conditional: whether batches carry `label` (the first shape's class; `NUM_LABELS` classes).
+      batch_size: images per training batch.
+      seed: the data seed; batch k is drawn from `fold_in(key(seed), k)`.
+      mesh: a mesh with a 'data' axis to shard batches over, or None.
+      field: the config section these options come from, for error messages.
+
+    Returns:
+      A synthetic `Dataset` with `fresh` draws and `EVALUATION_SIZE` held-out scenes (drawn on
+      first use of `evaluation`).
+    """
+    image_size = _checks.positive_int(f"{field}.image_size", image_size, 16)
+
+    def draw(key, n):
+        images, scenes = sample(key, n, image_size=image_size)
+        return images, label(scenes) if conditional else None
+
+    def evaluation():
+        x, labels = draw(jax.random.key(EVALUATION_SEED), EVALUATION_SIZE)
+        return np.asarray(x), None if labels is None else np.asarray(labels)
+
+    batches = SamplerBatches(draw, batch_size, seed, mesh)
+    fresh = lambda key, n: draw(key, n)[0]
+    return Dataset(batches, (image_size, image_size, 3), NUM_LABELS if conditional else None, fresh, evaluation, True)

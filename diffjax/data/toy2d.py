@@ -16,7 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import _checks
+from diffjax.data.dataset import Dataset, event_shape_of
 from diffjax.data.gaussian_mixture import GaussianMixture
+from diffjax.data.iterators import SamplerBatches
 
 _F32 = jnp.float32
 _jit = functools.partial(jax.jit, static_argnames="n")  # n is a shape
@@ -128,3 +131,25 @@ TOY_2D = {
     "eight_gaussians": eight_gaussians,
     "rings": rings,
 }
+
+
+def dataset(set: str, *, conditional: bool = False, batch_size: int, seed: int = 0, mesh=None, field: str = "data"):
+    """One of `TOY_2D` as a `Dataset` (the `"toy2d"` entry of `diffjax.data.REGISTRY`).
+
+    Args:
+      set: the name of the set in `TOY_2D` ("moons", "swiss_roll", ...).
+      conditional: must be False: the toy sets have no labels.
+      batch_size: samples per training batch.
+      seed: the data seed; batch k is `sampler(fold_in(key(seed), k), batch_size)`.
+      mesh: a mesh with a 'data' axis to shard batches over, or None.
+      field: the config section these options come from, for error messages.
+
+    Returns:
+      An unconditional `Dataset` with fresh samples (`fresh`) and no evaluation set.
+    """
+    _checks.one_of(f"{field}.set", set, tuple(TOY_2D))
+    if conditional:
+        raise ValueError(f"{field}.conditional must be False for toy 2-D sets (they have no labels)")
+    sampler = TOY_2D[set]
+    batches = SamplerBatches(lambda key, n: (sampler(key, n), None), batch_size, seed, mesh)
+    return Dataset(batches, event_shape_of(sampler), fresh=sampler)

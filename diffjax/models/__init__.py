@@ -12,6 +12,10 @@ For sampling, wrap it with `apply_fn`:
 For training with dropout, apply the module directly with a dropout key:
 
     out = net.apply(variables, x, t, cond, train=True, rngs={"dropout": key})
+
+`REGISTRY` maps the names configs use (`config.model.name`) to the network classes, built as
+`REGISTRY[name](num_classes=..., dtype=..., **config.model.args)`
+(`diffjax.training.build.build_model`); a new network is its file and one line here.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from diffjax.models.embeddings import ConditionEmbedding, drop_labels, fourier, 
 from diffjax.models.mlp import MLP
 from diffjax.models.unet import UNet
 
+REGISTRY = {
+    "mlp": MLP,
+    "unet": UNet,
+    "dit": DiT,
+    "classifier": Classifier,
+}
+
 __all__ = [
+    "REGISTRY",
     "Classifier",
     "ClassifierOutput",
     "DiT",

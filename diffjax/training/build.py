@@ -1,0 +1,301 @@
+"""Config -> objects for a training run: data, network, schedule, loss, optimizer and train state.
+
+The config is an `ml_collections.ConfigDict` with the fields of `configs/train.py` (denoisers) or
+`configs/classifier.py` (`task = "classifier"`). Every field is checked here before anything is
+traced; a bad value raises a ValueError that names the field (`config.model.name`, ...), its
+value and what is allowed. Names are looked up in registries: `config.data.name` in
+`diffjax.data.REGISTRY`, `config.model.name` in `diffjax.models.REGISTRY`, `config.schedule` in
+`diffjax.schedules.REGISTRY`, `config.loss.time_sampler` in `training.time_sampling.REGISTRY`.
+
+    data, training, module = build(config, mesh)
+    state = initial_state(config, module, training.optimizer, data)
+    step = make_train_step(training.loss, build_train_apply(config, module), training.optimizer, training.ema)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffjax import _checks, data, models, schedules, specs
+from diffjax.training import classifier, losses, optim, state, step
+
+TASKS = ("diffusion", "classifier")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# What a checkpoint's parameters are parameters of: a run resumed in the same workdir must agree on
+# every field under these (dotted) config paths. `model` (name, args, label_dropout) and `task` /
+# `noisy` fix the network and its parameter tree; `data` fixes the event shape and the labels (and
+# what is modelled); `schedule` and `loss.prediction` fix what the network's output means (and, for
+# discrete schedules, its time scale). Run length, logging, optimizer and compute_dtype (parameters
+# stay float32) may change.
+MODEL_FIELDS = ("task", "noisy", "model", "data", "schedule", "loss.prediction")
+
+
+def _field(config, name):
+    if name not in config:
+        raise ValueError(f"config.{name} is missing")
+    return config[name]
+
+
+def task(config) -> str:
+    """The run's task: "diffusion" (a denoiser, the default) or "classifier".
+
+    Args:
+      config: a training config.
+
+    Returns:
+      `config.task`, checked.
+    """
+    name = config.get("task", "diffusion")
+    _checks.one_of("config.task", name, TASKS)
+    return name
+
+
+def _bind(field: str, what: str, constructor, kwargs):
+    """Check that `kwargs` fit `constructor`'s signature, naming the config section if not."""
+    try:
+        inspect.signature(constructor).bind(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"{field} does not fit {what}: {error}") from error
+
+
+def build_data(config, mesh=None) -> data.Dataset:
+    """The `Dataset` named by `config.data.name`, built from the other `config.data` fields.
+
+    Args:
+      config: a training config (reads `data`, `batch_size`, `seed`, `task`).
+      mesh: a mesh with a 'data' axis to shard batches over (`diffjax.parallel.data_mesh`), or None.
+
+    Returns:
+      `diffjax.data.REGISTRY[config.data.name](batch_size=..., seed=..., mesh=..., **options)`.
+    """
+    section = _field(config, "data")
+    name = _field(section, "name")
+    _checks.one_of("config.data.name", name, tuple(data.REGISTRY))
+    conditional = bool(section.get("conditional", False))
+    if task(config) == "classifier" and not conditional:
+        raise ValueError("config.data.conditional must be True for config.task='classifier' (it needs the labels)")
+    batch_size = _checks.positive_int("config.batch_size", config.batch_size)
+    seed = _checks.positive_int("config.seed", config.seed, 0)
+    options = {k: v for k, v in section.items() if k != "name"}
+    kwargs = dict(options, batch_size=batch_size, seed=seed, mesh=mesh, field="config.data")
+    _bind("config.data", f"the data set {name!r}", data.REGISTRY[name], kwargs)
+    return data.REGISTRY[name](**kwargs)
+
+
+def build_model(config, num_classes: int | None, schedule) -> nn.Module:
+    """The network named by `config.model.name`, constructed with `config.model.args`.
+
+    Args:
+      config: a training config (reads `model`, `compute_dtype`, `task`, `noisy`).
+      num_classes: the data's number of classes (the network adds a class embedding), or None.
+      schedule: the run's schedule; for a discrete (DDPM) schedule the network sees step indices
+        0..N-1, so `time_scale` defaults to 1.
+
+    Returns:
+      `diffjax.models.REGISTRY[name](num_classes=..., dtype=..., **args)`, a Flax module.
+    """
+    section = _field(config, "model")
+    name = _field(section, "name")
+    _checks.one_of("config.model.name", name, tuple(models.REGISTRY))
+    _checks.one_of("config.compute_dtype", config.compute_dtype, tuple(DTYPES))
+    constructor = models.REGISTRY[name]
+    is_classifier = issubclass(constructor, models.Classifier)
+    if is_classifier != (task(config) == "classifier"):
+        raise ValueError(f"config.model.name={name!r} does not fit config.task={task(config)!r}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(section.get("args", {})).items()}
+    if isinstance(schedule, schedules.Discrete):
+        kwargs.setdefault("time_scale", 1.0)
+    if is_classifier:
+        kwargs["time_conditioned"] = bool(config.get("noisy", False))
+    kwargs.update(num_classes=num_classes, dtype=DTYPES[config.compute_dtype])
+    _bind("config.model.args", name, constructor, kwargs)
+    return constructor(**kwargs)
+
+
+class Training(NamedTuple):
+    """What `build_training` makes of a config."""
+
+    schedule: schedules.Schedule
+    loss: object  # losses.DiffusionLoss or classifier.ClassifierLoss
+    optimizer: object  # optax.GradientTransformation
+    ema: float  # the per-step EMA decay
+
+
+def build_training(config) -> Training:
+    """The schedule, loss, optimizer and EMA decay of a config, with its step counts checked.
+
+    Args:
+      config: a training config (reads `schedule`, `loss`, `optim`, `ema_decay`, `steps_per_call`,
+        `checkpoint_every`, `log_every`, `task`, `noisy`).
+
+    Returns:
+      A `Training`. `optim.total_steps`, `checkpoint_every` and `log_every` must be multiples of
+      `steps_per_call`.
+    """
+    schedule = specs.parse("config.schedule", config.schedule, schedules.REGISTRY)()
+    if task(config) == "classifier":  # clean inputs, or x_t at uniform times for a noise-aware classifier
+        loss = classifier.classifier_loss(schedule if config.get("noisy", False) else None)
+    else:
+        section = _field(config, "loss")
+        loss = losses.diffusion_loss(
+            schedule,
+            prediction=section.prediction,
+            weighting=section.weighting,
+            time_sampler=section.time_sampler or None,
+        )
+    section = _field(config, "optim")
+    total = _checks.positive_int("config.optim.total_steps", section.total_steps)
+    per_call = _checks.positive_int("config.steps_per_call", config.steps_per_call)
+    for field in ("total_steps", "checkpoint_every", "log_every"):
+        value = section.total_steps if field == "total_steps" else config[field]
+        if _checks.positive_int(f"config.{field}", value) % per_call:
+            raise ValueError(f"config.{field} must be a multiple of config.steps_per_call={per_call}, got {value}")
+    optimizer = optim.adamw(
+        section.learning_rate,
+        total_steps=total,
+        warmup_steps=section.warmup_steps,
+        weight_decay=section.weight_decay,
+        clip_norm=section.clip_norm if section.clip_norm > 0 else None,
+    )
+    return Training(schedule, loss, optimizer, optim.ema_decay(decay=config.ema_decay))
+
+
+def build(config, mesh=None) -> tuple[data.Dataset, Training, nn.Module]:
+    """(data, training, module) of a config: `build_data`, `build_training` and `build_model`.
+
+    Args:
+      config: a training config.
+      mesh: a mesh with a 'data' axis to shard batches over, or None.
+
+    Returns:
+      The `Dataset`, the `Training` and the network.
+    """
+    dataset = build_data(config, mesh)
+    training = build_training(config)
+    return dataset, training, build_model(config, dataset.num_classes, training.schedule)
+
+
+def build_train_apply(config, module: nn.Module):
+    """`step.train_apply(module, label_dropout=config.model.label_dropout)`, the field checked.
+
+    Args:
+      config: a training config (reads `model.label_dropout`, default 0).
+      module: the network `build_model` made.
+
+    Returns:
+      `key -> apply_fn` for `make_train_step`.
+    """
+    rate = _checks.in_range("config.model.label_dropout", config.model.get("label_dropout", 0.0), 0.0, 1.0)
+    if rate > 0 and getattr(module, "num_classes", None) is None:
+        raise ValueError(f"config.model.label_dropout={rate} needs class-conditional data (config.data.conditional)")
+    return step.train_apply(module, label_dropout=rate)
+
+
+def sample_labels(num_classes: int | None, n: int):
+    """Labels 0, 1, ..., num_classes - 1, 0, ... for n samples (None when unconditional).
+
+    Args:
+      num_classes: the number of classes, or None.
+      n: how many labels.
+
+    Returns:
+      An (n,) int32 array, or None.
+    """
+    return None if num_classes is None else jnp.arange(n, dtype=jnp.int32) % num_classes
+
+
+def init_params(module: nn.Module, key, event_shape, num_classes: int | None):
+    """The module's variables, initialised (jitted) on two zero inputs of the event shape.
+
+    Args:
+      module: a diffjax network or `Classifier`.
+      key: the initialisation key.
+      event_shape: the shape of one sample.
+      num_classes: the number of classes (labels 0, 1 are passed), or None.
+
+    Returns:
+      The variables (`module.init`); they depend on the input's shape only, never its values.
+    """
+    x = jnp.zeros((2, *event_shape), jnp.float32)
+    if isinstance(module, models.Classifier):
+        return jax.jit(module.init)(key, x, jnp.zeros((2,), jnp.float32) if module.time_conditioned else None)
+    return jax.jit(module.init)(key, x, jnp.zeros((2,), jnp.float32), sample_labels(num_classes, 2))
+
+
+def initial_state(config, module: nn.Module, optimizer, dataset: data.Dataset) -> state.TrainState:
+    """The train state before step 0: parameters from `split(key(config.seed))[0]`, the run key `[1]`.
+
+    Args:
+      config: a training config (reads `seed`).
+      module: the network.
+      optimizer: the optax optimizer (`Training.optimizer`).
+      dataset: the run's `Dataset` (its event shape and number of classes).
+
+    Returns:
+      A `TrainState` at step 0.
+    """
+    key_init, key_run = jax.random.split(jax.random.key(config.seed))
+    params = init_params(module, key_init, dataset.event_shape, dataset.num_classes)
+    return state.init_state(params, optimizer, key_run)
+
+
+def abstract_state(config, module: nn.Module, optimizer, dataset: data.Dataset, sharding=None) -> state.TrainState:
+    """`initial_state`'s tree, shapes and dtypes (`jax.eval_shape`: nothing is initialised), to restore into.
+
+    Args:
+      config: a training config.
+      module: the network.
+      optimizer: the optax optimizer.
+      dataset: the run's `Dataset`.
+      sharding: the placement of every leaf (e.g. `diffjax.parallel.replicated(mesh)`), or None.
+
+    Returns:
+      A `TrainState` of `jax.ShapeDtypeStruct`s.
+    """
+    shapes = jax.eval_shape(lambda: initial_state(config, module, optimizer, dataset))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
+
+
+def _flatten(tree, prefix=""):
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def model_differences(saved: Mapping, config) -> list[str]:
+    """The `MODEL_FIELDS` on which a saved run's config and `config` disagree.
+
+    Args:
+      saved: the config a checkpoint was saved with, as a JSON dict (`checkpoints.restore_config`).
+      config: the config of the run to resume.
+
+    Returns:
+      One "config.<field> (saved <value>, given <value>)" entry per differing leaf field, sorted;
+      empty when the checkpoint's parameters belong to the configured model. Values are compared
+      as JSON (tuples as lists); a field missing on one side shows as <missing>.
+    """
+    given = json.loads(config.to_json() if hasattr(config, "to_json") else json.dumps(config))
+    missing = object()
+    show = lambda v: "<missing>" if v is missing else repr(v)
+
+    def leaves(tree):
+        flat = _flatten(tree)
+        return {k: v for k, v in flat.items() if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS)}
+
+    a, b = leaves(saved), leaves(given)
+    return [
+        f"config.{k} (saved {show(a.get(k, missing))}, given {show(b.get(k, missing))})"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    ]
