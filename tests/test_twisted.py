@@ -251,3 +251,13 @@ def test_a_solver_without_a_gaussian_transition_is_refused_by_name():
         with pytest.raises(ValueError, match="solver must be a stochastic solver"):
             dj.steering.smcdiff(den, ts, jax.random.key(0), x_T, jnp.zeros((2, 2)), np.array([1.0, 0.0]),
                                 solver=solver)  # fmt: skip
+
+
+def test_the_deprecated_kernel_argument_still_runs_and_warns():
+    sched, prior, ts = prior_parts()
+    x_T = prior.sample(jax.random.key(0), 2 * 4, sched, ts[0]).reshape(2, 4, 2)
+    args = (prior.denoiser(sched), ts, jax.random.key(1), x_T, exact_twist)
+    with pytest.warns(DeprecationWarning, match="solver="):
+        old = dj.steering.tds(*args, y=jnp.tile(Y, (2, 1)), kernel=exact_kernel)
+    new = dj.steering.tds(*args, y=jnp.tile(Y, (2, 1)), solver=ExactPosteriorKernel())
+    np.testing.assert_array_equal(old.x, new.x)

@@ -28,10 +28,10 @@ from diffjax import gaussian
 from diffjax.arrays import noise_like, per_particle
 from diffjax.sampling import run_steps
 from diffjax.schedules import Schedule
-from diffjax.solvers import ddpm
-from diffjax.solvers.base import Solver, check_gaussian
+from diffjax.solvers.base import Solver
 from diffjax.steering import resampling
 from diffjax.steering.particles import Particles, check_run, collect
+from diffjax.steering.twisted import kernel_solver
 
 
 def forward_chain(schedule: Schedule, key, y, timesteps):
@@ -107,6 +107,7 @@ def smcdiff(
     mask,
     *,
     solver: Solver | None = None,
+    kernel=None,
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
     cond=None,
@@ -123,6 +124,7 @@ def smcdiff(
       mask: 0/1 of the event's shape, 1 = observed.
       solver: the model's kernel p(x_s | x_t): any stochastic `solvers.GaussianSolver` (default
         ddpm(), SMCDiff's); others raise a ValueError naming them.
+      kernel: deprecated, `kernel(schedule, x_t, x0, eps, t, s) -> Gaussian`; use `solver`.
       schedule: when to resample (default every step but the last).
       resampler: a name in `resampling.RESAMPLERS`.
       cond: the denoiser's condition (B leading), repeated per particle.
@@ -132,7 +134,7 @@ def smcdiff(
       observed chain under the model.
     """
     schedule = check_run(timesteps, key, x_T, schedule, resampler)
-    solver = ddpm() if solver is None else check_gaussian("solver", solver)
+    solver = kernel_solver(solver, kernel)
     b, k = jnp.shape(x_T)[:2]
     event = jnp.shape(x_T)[2:]
     if jnp.shape(y) != (b,) + event:

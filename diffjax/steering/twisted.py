@@ -30,7 +30,9 @@ likelihood of observed pixels with TDS's variance inflation).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -44,7 +46,7 @@ from diffjax.gaussian import Gaussian
 from diffjax.sampling import run_steps
 from diffjax.schedules import Schedule
 from diffjax.solvers import ddpm
-from diffjax.solvers.base import Solver, check_gaussian
+from diffjax.solvers.base import GaussianSolver, Solver, check_gaussian
 from diffjax.steering import resampling
 from diffjax.steering.particles import Particles, check_run, collect
 
@@ -54,6 +56,38 @@ def ddpm_kernel(schedule: Schedule, x_t, x0, eps, t, s) -> Gaussian:
     posterior (`gaussian.posterior`), the transition of `solvers.ddpm()` and of DDIM with eta = 1."""
     del x_t
     return gaussian.posterior(schedule, x0, eps, t, s)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class KernelSolver(GaussianSolver):
+    """A kernel function `kernel(schedule, x_t, x0, eps, t, s) -> Gaussian` as a Gaussian solver: what
+    the deprecated `kernel=` argument of `tds` and `smcdiff` becomes (pass `solver=` instead)."""
+
+    kernel: Callable
+
+    def transition(self, state, pred, t, t_next, schedule):
+        return self.kernel(schedule, state.x, pred.x0, pred.eps, t, t_next)
+
+    @property
+    def stochastic(self):
+        return True
+
+    @property
+    def order(self):
+        return 1.0
+
+
+def kernel_solver(solver, kernel):
+    """The solver of `tds`/`smcdiff`: `solver`, or the deprecated `kernel` function wrapped (with a
+    DeprecationWarning), or DDPM."""
+    if kernel is not None:
+        warnings.warn("kernel= is deprecated and goes in the next release: pass solver= (a GaussianSolver)",
+                      DeprecationWarning, stacklevel=3)  # fmt: skip
+        if solver is not None or not callable(kernel):
+            raise ValueError(f"pass either solver= or a callable kernel=, got solver={solver!r}, kernel={kernel!r}")
+        return KernelSolver(kernel)
+    return ddpm() if solver is None else check_gaussian("solver", solver)
 
 
 def twisted_prediction(schedule: Schedule, x0, eps, grad_log_twist, t):
@@ -160,6 +194,7 @@ def tds(
     *,
     y=None,
     solver: Solver | None = None,
+    kernel: Callable | None = None,
     proposal: Callable | None = None,
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
@@ -183,6 +218,7 @@ def tds(
         proposal: any stochastic solver whose step is one Gaussian transition
         (`solvers.GaussianSolver`: ddpm() (the default, TDS's choice), ddim(eta > 0),
         euler_ancestral(), dpmpp_2m_sde(), euler_maruyama()); others raise a ValueError naming them.
+      kernel: deprecated, `kernel(schedule, x_t, x0, eps, t, s) -> Gaussian`; use `solver`.
       proposal: `proposal(schedule, x_t, x0, eps, grad_log_twist, t, s) -> Gaussian` to replace
         TDS's twisted kernel (for tests and new proposals).
       schedule: when to resample (default every step but the last, as TDS).
@@ -195,7 +231,7 @@ def tds(
       the denoiser's forward passes per particle (each with one backward pass).
     """
     schedule = check_run(timesteps, key, x_T, schedule, resampler)
-    solver = ddpm() if solver is None else check_gaussian("solver", solver)
+    solver = kernel_solver(solver, kernel)
     if not callable(log_twist):
         raise ValueError(f"log_twist must be callable as log_twist(x_t, x0_hat, t, y) -> (N,), got {log_twist!r}")
     if proposal is not None and not callable(proposal):
