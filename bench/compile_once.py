@@ -42,8 +42,10 @@ def main(argv=None):
     x_T = dj.prior_sample(jax.random.key(1), sched, ts, x.shape)
     classifier = dj.models.Classifier(channels=8, num_classes=3, num_groups=4)
 
+    init_classifier = jax.jit(classifier.init)
+
     def reward(seed):
-        weights = jax.jit(classifier.init)(jax.random.key(seed), x)
+        weights = init_classifier(jax.random.key(seed), x)
         return dj.steering.rewards.classifier_reward(classifier, weights, target=1)
 
     def run_sample():
@@ -51,6 +53,7 @@ def main(argv=None):
 
     particles = x_T.reshape(2, 2, 16, 16, 3)
     seeds = iter(range(10, 100))
+    reward(0)  # compile the classifier's initialisation outside the timings
 
     def run_fk():
         r = reward(next(seeds))
