@@ -278,15 +278,15 @@ def test_fk_with_every_stochastic_solver_hits_the_tilted_target(name):
 
 def test_a_loop_over_the_kernel_equals_fk_steer_bit_for_bit():
     # fk_steer is the FK kernel driven by sampling.run_steps; the same kernel stepped by hand (a
-    # multistep SDE solver, so the history is resampled too) gives the same bits
+    # multistep SDE solver, so the history is resampled too) gives the same bits. Both run op by op
+    # (jax.disable_jit): compiled, XLA fuses the scanned and the unrolled steps differently, which
+    # moves the last bit (4e-16)
     gmm, sched = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES), dj.schedules.vp_linear()
     ts = dj.timesteps.uniform(sched, 8, t_min=1e-3)
     b, k = 3, 8
     x_T = gmm.sample(jax.random.key(0), b * k, sched, ts[0]).reshape(b, k, 2)
     solver, den, key = S.dpmpp_2m_sde(), gmm.denoiser(sched), jax.random.key(1)
-    driven = dj.steering.fk_steer(solver, den, ts, key, x_T, reward, lmbda=LMBDA, potential="max")
 
-    @jax.jit
     def by_hand(x_T, key):
         kernel = dj.steering.fk.fk(solver, reward, lmbda=LMBDA, num_particles=k, num_steps=8, potential="max")
         keys = jax.random.split(key, 8)
@@ -296,18 +296,20 @@ def test_a_loop_over_the_kernel_equals_fk_steer_bit_for_bit():
             infos.append(info)
         return kernel.finish(state, None, jax.tree.map(lambda *a: jnp.stack(a), *infos))
 
-    loop = by_hand(x_T, key)
+    with jax.disable_jit():
+        driven = dj.steering.fk_steer(solver, den, ts, key, x_T, reward, lmbda=LMBDA, potential="max")
+        loop = by_hand(x_T, key)
     for got, want in zip(jax.tree.leaves(loop), jax.tree.leaves(driven)):
         np.testing.assert_array_equal(got, want)
 
 
 def test_resampling_hands_each_particle_its_ancestors_time_and_history():
-    # time_shift gives each particle its own time (from its variance) and dpmpp_2m_sde a history of
-    # past x0-hats: after a resampling step every particle carries exactly its ancestor's of both
+    # time_shift gives each particle its own time (from its variance) and PLMS a history of past
+    # eps predictions: after a resampling step every particle carries exactly its ancestor's of both
     sched = dj.schedules.discrete()
     gmm = dj.data.GaussianMixture(WEIGHTS, MEANS, SCALES)
     ts = dj.timesteps.diffusers(sched, 10)
-    solver = S.time_shift(S.dpmpp_2m_sde(), window=200, cutoff=0)
+    solver = S.time_shift(S.plms(), window=200, cutoff=0)
     kernel = dj.steering.fk.fk(solver, reward, lmbda=5.0, num_particles=8, num_steps=10)
     den = gmm.denoiser(sched)
     state = kernel.init(gmm.sample(jax.random.key(0), 2 * 8, sched, ts[0]), ts)
@@ -322,7 +324,7 @@ def test_resampling_hands_each_particle_its_ancestors_time_and_history():
     assert len(np.unique(ancestors)) < 16  # some particles were copied
     np.testing.assert_array_equal(state.solver.t, np.asarray(moved.t)[ancestors])
     np.testing.assert_array_equal(state.solver.inner.x, np.asarray(moved.inner.x)[ancestors])
-    np.testing.assert_array_equal(state.solver.inner.models.values, np.asarray(moved.inner.models.values)[:, ancestors])
+    np.testing.assert_array_equal(state.solver.inner.eps.values, np.asarray(moved.inner.eps.values)[:, ancestors])
 
 
 def test_a_classifier_reward_with_new_parameters_does_not_recompile():
