@@ -16,12 +16,14 @@ def is_concrete(*values) -> bool:
 
 
 def finite(name: str, value) -> float:
+    """`value` as a float; a ValueError naming `name` unless it is a finite number."""
     if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
 def positive(name: str, value) -> float:
+    """`value` as a float; a ValueError naming `name` unless it is finite and > 0."""
     value = finite(name, value)
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -29,6 +31,7 @@ def positive(name: str, value) -> float:
 
 
 def in_range(name: str, value, low: float, high: float) -> float:
+    """`value` as a float; a ValueError naming `name` unless low <= value <= high."""
     value = finite(name, value)
     if not low <= value <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
@@ -36,22 +39,26 @@ def in_range(name: str, value, low: float, high: float) -> float:
 
 
 def less(name_low: str, low: float, name_high: str, high: float) -> None:
+    """A ValueError naming both fields unless low < high."""
     if not low < high:
         raise ValueError(f"{name_low} must be < {name_high}, got {name_low}={low!r}, {name_high}={high!r}")
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int; a ValueError naming `name` unless it is an integer >= minimum."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def one_of(name: str, value, allowed: Collection) -> None:
+    """A ValueError naming `name` unless `value` is one of `allowed`."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
 def typed_key(name: str, key) -> None:
+    """A ValueError naming `name` unless `key` is a typed key from jax.random.key."""
     if not (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
         raise ValueError(f"{name} must be a typed PRNG key from jax.random.key(seed), got {key!r}")
 

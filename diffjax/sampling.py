@@ -21,6 +21,8 @@ from diffjax.solvers.base import Solver, check_solver
 
 
 class SampleInfo(NamedTuple):
+    """What `sample` reports besides the sample: the NFE and, if asked, the trajectory."""
+
     nfe: jax.Array  # total network evaluations
     trajectory: jax.Array | None = None  # (n_steps + 1, *x.shape): x_T, then the state after each step
     x0_trajectory: jax.Array | None = None  # (n_steps, *x.shape): the data prediction of each step
@@ -90,6 +92,7 @@ def check_steps(solver: Solver, timesteps) -> None:
 
 
 def check_denoiser(denoiser) -> None:
+    """Raise a ValueError unless `denoiser` is callable as denoiser(x, t) and has a `.schedule`."""
     if not callable(denoiser) or not isinstance(getattr(denoiser, "schedule", None), Schedule):
         raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
 

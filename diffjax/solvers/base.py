@@ -31,6 +31,7 @@ twisted prediction and reading the density.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
@@ -43,6 +44,8 @@ from diffjax.gaussian import Gaussian
 
 
 class StepInfo(NamedTuple):
+    """What one solver step reports: its network evaluations and the data prediction it used."""
+
     nfe: jax.Array  # network evaluations spent in this step (int32)
     x0: jax.Array  # the data prediction the step used
 
@@ -64,7 +67,7 @@ def take(a, ancestors, axis: int = 0):
     return jnp.take(a, ancestors, axis=axis)
 
 
-class Solver:
+class Solver(abc.ABC):
     """Base class of every solver. Subclasses are `solver_value` dataclasses (or pytrees holding
     arrays) and implement `step`; they override `init`, `head`, `tail`, `gather`, `order` and
     `stochastic` as needed. `repr` shows the options: `ddim(eta=0.5)` prints as `DDIM(eta=0.5)`."""
@@ -74,9 +77,9 @@ class Solver:
         del timesteps
         return State(x)
 
+    @abc.abstractmethod
     def step(self, state, key, t, t_next, denoise):
         """One step from t to t_next: returns (state, StepInfo(nfe, x0))."""
-        raise NotImplementedError
 
     @property
     def head(self) -> tuple[Callable, ...]:
@@ -89,9 +92,9 @@ class Solver:
         return ()
 
     @property
+    @abc.abstractmethod
     def order(self) -> float:
         """The declared convergence order (weak order for stochastic solvers)."""
-        raise NotImplementedError
 
     @property
     def stochastic(self) -> bool:
@@ -123,9 +126,9 @@ class GaussianSolver(Solver):
     more than x, `advance(state, x_next, pred, t, t_next, schedule) -> state`. `step` evaluates the
     denoiser once, takes the transition and draws its noise (none when not `stochastic`)."""
 
+    @abc.abstractmethod
     def transition(self, state, pred, t, t_next, schedule) -> Gaussian:
         """The Gaussian law of the next sample given the state and `pred` = denoise(state.x, t)."""
-        raise NotImplementedError
 
     def advance(self, state, x_next, pred, t, t_next, schedule):
         """The state after moving to x_next (default: only the sample changes)."""
@@ -156,10 +159,12 @@ class History(NamedTuple):
 
 
 def empty_history(size, like):
+    """A `History` of `size` zero slots shaped like `like`."""
     return History(jnp.zeros((size,) + like.shape, like.dtype), jnp.int32(0))
 
 
 def record(history, value):
+    """The history with `value` as its newest entry, written in place over the oldest slot."""
     slot = (history.newest - 1) % history.values.shape[0]
     values = jax.lax.dynamic_update_index_in_dim(history.values, value.astype(history.values.dtype), slot, 0)
     return History(values, slot)
@@ -190,8 +195,9 @@ class Wrapper(Solver):
     index is 0 for the first head step and None otherwise; `step`, `head` and `tail` are the inner
     solver's, wrapped. Override `init` and `gather` when the wrapper keeps state of its own."""
 
+    @abc.abstractmethod
     def wrap(self, step_fn: Callable, index: int | None) -> Callable:
-        raise NotImplementedError
+        """`step_fn` (the inner solver's step, or head step `index`) transformed by this wrapper."""
 
     def init(self, x, timesteps):
         return self.inner.init(x, timesteps)
