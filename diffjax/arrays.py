@@ -1,5 +1,6 @@
 """Small array helpers that several layers share: noise, broadcasting, per-particle repetition,
-and wrapping plain functions so that they can travel through `jit` as pytrees.
+and wrapping plain functions so that they can travel through `jit` as pytrees; `Value`, the base
+class that gives rewards, twists, verifiers and measurement operators equality of values.
 
 Everything here is imported by schedules, solvers, steering and guidance alike, so it imports
 nothing of diffjax's own.
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def noise_like(key, x):
@@ -59,3 +61,37 @@ def as_pytree(fn):
     if len(leaves) == 1 and leaves[0] is fn:  # not a registered pytree: JAX would treat it as an array
         return Static(fn)
     return fn
+
+
+def _same_leaf(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        return False
+    try:
+        a, b = np.asarray(a), np.asarray(b)
+    except (TypeError, ValueError):  # leaves without a host value (e.g. typed PRNG keys) compare by identity
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
+class Value:
+    """Base class of the values (rewards, verifiers, twists, measurement operators): equality of values.
+
+    Subclasses are `flax.struct.dataclass(eq=False)` pytrees. Two values are equal when they have
+    the same pytree structure (type and static options, `jax.tree.structure`) and equal leaves
+    (same shape, dtype and entries; identical objects for tracers and leaves without a host value).
+    The hash is that of the structure alone, so it is consistent with equality and defined for
+    values holding arrays too; values without array leaves are then equal and hash-equal exactly
+    when their options are.
+    """
+
+    def __eq__(self, other):
+        if type(self) is not type(other):
+            return NotImplemented
+        leaves, tree = jax.tree.flatten(self)
+        other_leaves, other_tree = jax.tree.flatten(other)
+        return tree == other_tree and all(_same_leaf(a, b) for a, b in zip(leaves, other_leaves))
+
+    def __hash__(self):
+        return hash(jax.tree.structure(self))

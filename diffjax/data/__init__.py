@@ -12,6 +12,7 @@ from diffjax.data.dataset import Dataset
 from diffjax.data.digits import Digits, load_digits, train_test_split
 from diffjax.data.gaussian_mixture import GaussianMixture, ring
 from diffjax.data.iterators import ArrayBatches, SamplerBatches, iterate
+from diffjax.data.linear_gaussian import LinearGaussian
 from diffjax.data.toy2d import (
     TOY_2D,
     checkerboard,
@@ -37,6 +38,7 @@ __all__ = [
     "Dataset",
     "Digits",
     "GaussianMixture",
+    "LinearGaussian",
     "arrays",
     "digits",
     "SamplerBatches",

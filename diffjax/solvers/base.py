@@ -107,6 +107,12 @@ class Solver(abc.ABC):
         axis (`State`); solvers with histories override it."""
         return jax.tree.map(lambda a: take(a, ancestors), state)
 
+    def with_x(self, state, x):
+        """The state with its sample replaced by x and everything else kept: how guidance and
+        inverse-problem methods move the sample between steps (DPS's gradient step, RePaint's
+        replacement). The default serves states with an `x` field."""
+        return state._replace(x=x)
+
     def step_at(self, i, num_steps: int) -> Callable:
         """The step function for step i of `num_steps`: a head or tail step when i is a Python int
         that falls there, else `step` (a traced i must be a middle step)."""
@@ -223,6 +229,9 @@ class Wrapper(Solver):
 
     def gather(self, state, ancestors):
         return self.inner.gather(state, ancestors)
+
+    def with_x(self, state, x):
+        return self.inner.with_x(state, x)
 
 
 @solver_value

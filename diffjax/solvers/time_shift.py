@@ -158,6 +158,9 @@ class TimeShift(Wrapper):
     def gather(self, state, ancestors):
         return TimeShiftState(self.inner.gather(state.inner, ancestors), take(state.t, ancestors), state.steps)
 
+    def with_x(self, state, x):
+        return state._replace(inner=self.inner.with_x(state.inner, x))
+
 
 def time_shift(
     solver: Solver, *, window: int, cutoff: int, variance: str = "state", resume: str = "shifted"

@@ -37,44 +37,10 @@ import numpy as np
 from flax import struct
 
 from diffjax import _checks
-from diffjax.arrays import as_pytree
+from diffjax.arrays import Value, as_pytree
 from diffjax.data import shapes
 from diffjax.models.classifier import Classifier
 from diffjax.schedules import Schedule
-
-
-def _same_leaf(a, b) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
-        return False
-    try:
-        a, b = np.asarray(a), np.asarray(b)
-    except (TypeError, ValueError):  # leaves without a host value (e.g. typed PRNG keys) compare by identity
-        return False
-    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-
-
-class Value:
-    """Base class of the steering values (rewards, verifiers, twists): equality of values.
-
-    Subclasses are `flax.struct.dataclass(eq=False)` pytrees. Two values are equal when they have
-    the same pytree structure (type and static options, `jax.tree.structure`) and equal leaves
-    (same shape, dtype and entries; identical objects for tracers and leaves without a host value).
-    The hash is that of the structure alone, so it is consistent with equality and defined for
-    values holding arrays too; values without array leaves are then equal and hash-equal exactly
-    when their options are.
-    """
-
-    def __eq__(self, other):
-        if type(self) is not type(other):
-            return NotImplemented
-        leaves, tree = jax.tree.flatten(self)
-        other_leaves, other_tree = jax.tree.flatten(other)
-        return tree == other_tree and all(_same_leaf(a, b) for a, b in zip(leaves, other_leaves))
-
-    def __hash__(self):
-        return hash(jax.tree.structure(self))
 
 
 def _flat(x):
