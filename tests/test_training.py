@@ -220,6 +220,46 @@ def test_steer_experiment_steers_a_trained_digits_model_with_its_classifier(digi
     assert (tmp_path / "samples_fk.png").exists() and (tmp_path / "scaling.png").exists()
 
 
+INVERT_SMALL = (
+    ["--config.num_images=4", "--config.batch_size=4", "--config.tasks=('box', 'sr2')"]
+    + [f"--config.{m}.steps=3" for m in ("dps", "steered", "pigdm", "ddrm", "reddiff")]
+    + ["--config.repaint.steps=4", "--config.repaint.jump_length=2", "--config.repaint.jump_n_sample=2"]
+)
+
+
+def test_invert_experiment_runs_every_method_on_held_out_digits(digits_run, tmp_path):
+    cmd = [sys.executable, "experiments/invert.py", "--config=configs/invert.py:digits", f"--config.run={digits_run}",
+           *INVERT_SMALL, f"--workdir={tmp_path}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "PSNR, SSIM: higher is better" in out.stdout
+    rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    # RePaint restores inpainting only; (T, j, r) = (4, 2, 2) walks 4 + 1 * 1 * 2 = 6 down steps
+    expected = {(t, m): 3 for t in ("box", "sr2") for m in ("dps", "steered", "pigdm", "ddrm", "reddiff")}
+    expected.update({("box", "pinv"): 0, ("sr2", "pinv"): 0, ("box", "repaint"): 6})
+    assert {k: r["nfe"] for k, r in rows.items()} == expected
+    assert all(r["finite"] and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 for r in rows.values()), rows
+    # A^+ y reproduces the measurement of a full-row-rank operator up to rounding
+    assert rows[("sr2", "pinv")]["measurement_error"] < 1e-5 and rows[("box", "repaint")]["measurement_error"] < 1e-5
+    assert (tmp_path / "grid_box.png").exists() and (tmp_path / "grid_sr2.png").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.methods=('dps', 'magic')", "config.methods"),
+        ("--config.tasks=('colourise',)", "config.tasks"),
+        ("--config.sigma_y=-0.1", "config.sigma_y"),
+        ("--config.run=", "config.run"),
+    ],
+)
+def test_invert_experiment_rejects_bad_configs_in_one_line(override, message):
+    cmd = [sys.executable, "experiments/invert.py", "--config=configs/invert.py:digits", "--config.run=/nonexistent",
+           override]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 SMALL_IMAGE_RUNS = {  # config -> overrides that keep a 2-step run small
     "configs/train.py:digits_dit": ["--config.model.args.hidden_size=32", "--config.model.args.depth=2"],
     "configs/train.py:shapes_unet": ["--config.model.args.channels=16", "--config.model.args.num_res_blocks=1"],
