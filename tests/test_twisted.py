@@ -149,6 +149,32 @@ def test_inpainting_twist_and_non_finite_twists():
     assert np.all(np.asarray(particles.degenerate) == 0)
 
 
+def test_measurement_twist_is_the_inpainting_twist_and_the_exact_likelihood_of_a_unit_prior():
+    # the SVD form of log N(y; A x0-hat, sigma_y^2 + tau^2 A A^T) for a mask is the inpainting twist;
+    # with inflation "pigdm" and tausq = 1 (tau^2 = Cov(x0 | x_t) of a N(mu, I) prior) it is the exact
+    # p_t(y | x_t) = N(y; A E[x0 | x_t], A C_t A^T + sigma_y^2 I): float64 closed forms on both sides
+    sched = dj.schedules.vp_cosine()
+    x0 = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3)))
+    mask = np.array([1.0, 0.0, 1.0])
+    y = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3))) * mask
+    t = jnp.array([0.2, 0.5, 0.8])
+    by_mask = dj.steering.inpainting_twist(sched, mask, sigma_y=0.3)(None, x0, t, y)
+    by_operator = dj.steering.measurement_twist(sched, dj.guidance.operators.inpainting(mask), sigma_y=0.3)
+    np.testing.assert_allclose(by_operator(None, x0, t, y), by_mask, rtol=1e-12)
+
+    prior = dj.data.LinearGaussian(np.array([0.3, -0.2, 0.5]), np.eye(3))
+    a = np.array([[1.0, 2.0, 0.0], [0.0, -1.0, 0.5]])
+    x_t = prior.sample(jax.random.key(0), 3, sched, 0.5)
+    x0_hat = prior.x0_mean(x_t, sched, t)
+    ys = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2)))
+    twist = dj.steering.measurement_twist(sched, dj.guidance.operators.matrix(a, (3,)), sigma_y=0.3,
+                                          inflation="pigdm", tausq=1.0)  # fmt: skip
+    c_t = np.asarray(prior.x0_covariance(x_t, sched, t))
+    exact = [jax.scipy.stats.multivariate_normal.logpdf(ys[i], a @ x0_hat[i], a @ c_t[i] @ a.T + 0.09 * np.eye(2))
+             for i in range(3)]  # fmt: skip
+    np.testing.assert_allclose(twist(x_t, x0_hat, t, ys), exact, rtol=1e-10)
+
+
 def test_chunked_twist_and_class_twist_on_labels():
     # twist_chunk gives the same run; the classifier twist with an exact "classifier" (the mixture's
     # component posterior) steers every condition to its own component

@@ -24,7 +24,7 @@ from diffjax.steering.search import (
 )
 from diffjax.steering.seeds import SeedBank, golden_seeds
 from diffjax.steering.twisted import tds
-from diffjax.steering.twists import classifier_twist, inpainting_twist, reward_twist
+from diffjax.steering.twists import classifier_twist, inpainting_twist, measurement_twist, reward_twist
 
 __all__ = [
     "FK",
@@ -55,6 +55,7 @@ __all__ = [
     "fk_steer",
     "inpaint",
     "inpainting_twist",
+    "measurement_twist",
     "importance_sample",
     "maybe_resample",
     "normalise",

@@ -121,7 +121,8 @@ def smcdiff(
       key: a typed key.
       x_T: (B, K, *event) starting particles.
       y: the measurement (B, *event); only its observed entries are read.
-      mask: 0/1 of the event's shape, 1 = observed.
+      mask: 0/1 of the event's shape, 1 = observed, or an inpainting operator
+        (`dj.guidance.operators.inpainting(mask)`), whose mask is used.
       solver: the model's kernel p(x_s | x_t): any stochastic `solvers.GaussianSolver` (default
         ddpm(), SMCDiff's); others raise a ValueError naming them.
       kernel: deprecated, `kernel(schedule, x_t, x0, eps, t, s) -> Gaussian`; use `solver`.
@@ -139,7 +140,7 @@ def smcdiff(
     event = jnp.shape(x_T)[2:]
     if jnp.shape(y) != (b,) + event:
         raise ValueError(f"y must have shape (B, *event) = {(b,) + event}, got {jnp.shape(y)}")
-    mask = np.asarray(mask)
+    mask = np.asarray(getattr(mask, "mask", mask))  # an inpainting operator, or its mask
     if mask.shape != event or not np.all((mask == 0) | (mask == 1)):
         raise ValueError(f"mask must be 0/1 with the event's shape {event}, got shape {mask.shape}")
     if cond is not None:

@@ -8,7 +8,8 @@ log p(y | x0) or lambda r(x0).
 
 - `reward_twist`: lambda r(x0-hat), FK's target exp(lambda r(x0)) reached with TDS's proposal;
 - `classifier_twist`: log p(y | x0-hat) of a clean classifier, or log p(y | x_t) of a noisy one;
-- `inpainting_twist`: the Gaussian likelihood of observed pixels with TDS's variance inflation.
+- `inpainting_twist`: the Gaussian likelihood of observed pixels with TDS's variance inflation;
+- `measurement_twist`: the same for any linear operator with an SVD (`diffjax.guidance.operators`).
 
 Each builder returns a `rewards.Value`: a pytree whose arrays (lambda, a mask, a classifier's
 parameters inside its reward or logits) are leaves and whose options are static, so `tds` compiles
@@ -25,7 +26,7 @@ import numpy as np
 from flax import struct
 
 from diffjax import _checks
-from diffjax.arrays import as_pytree
+from diffjax.arrays import as_pytree, broadcast_to_x
 from diffjax.schedules import Schedule
 from diffjax.steering.rewards import Value
 
@@ -118,6 +119,12 @@ def classifier_twist(logits_fn: Callable, *, scale: float = 1.0, noisy: bool = F
     return ClassifierTwist(as_pytree(logits_fn), scale, bool(noisy))
 
 
+def _inflation(schedule: Schedule, t, inflation: str, tausq: float):
+    """TDS's tau_t^2: r^2 = sigma_t^2 / alpha_t^2 ("tweedie") or r^2 tausq / (r^2 + tausq) ("pigdm")."""
+    ratio = (schedule.sigma(t) / schedule.alpha(t)) ** 2
+    return ratio if inflation == "tweedie" else ratio * tausq / (ratio + tausq)
+
+
 @struct.dataclass(eq=False)
 class InpaintingTwist(Value):
     """log h_t = log N(y_obs; x0-hat_obs, (sigma_y^2 + tau_t^2) I) over the observed entries.
@@ -138,9 +145,7 @@ class InpaintingTwist(Value):
 
     def __call__(self, x_t, x0, t, y):
         del x_t
-        ratio = (self.schedule.sigma(t) / self.schedule.alpha(t)) ** 2
-        tau2 = ratio if self.inflation == "tweedie" else ratio * self.tausq / (ratio + self.tausq)
-        var = self.sigma_y**2 + tau2
+        var = self.sigma_y**2 + broadcast_to_x(_inflation(self.schedule, t, self.inflation, self.tausq), x0)
         m = jnp.asarray(self.mask, x0.dtype)
         term = -0.5 * m * ((y - x0) ** 2 / var + jnp.log(2 * jnp.pi * var))
         return jnp.sum(term.reshape(x0.shape[0], -1), axis=-1)
@@ -178,3 +183,65 @@ def inpainting_twist(schedule: Schedule, mask, *, sigma_y: float, inflation: str
     if not np.all((values == 0) | (values == 1)):
         raise ValueError(f"mask must hold only 0 and 1, got {mask!r}")
     return InpaintingTwist(schedule, jnp.asarray(values), sigma_y, inflation, tausq)
+
+
+@struct.dataclass(eq=False)
+class MeasurementTwist(Value):
+    """log h_t = log N(y; A x0-hat, sigma_y^2 I + tau_t^2 A A^T), evaluated in the operator's SVD.
+
+    Attributes:
+      schedule: the diffusion's schedule, for tau_t (pytree).
+      operator: a linear measurement operator with an SVD (`diffjax.guidance.operators`; pytree).
+      sigma_y: the measurement noise's standard deviation (static).
+      inflation: "tweedie" or "pigdm", the form of tau_t^2 (static).
+      tausq: the PiGDM prior variance (static).
+    """
+
+    schedule: Schedule
+    operator: object
+    sigma_y: float = struct.field(pytree_node=False)
+    inflation: str = struct.field(pytree_node=False, default="tweedie")
+    tausq: float = struct.field(pytree_node=False, default=0.12)
+
+    def __call__(self, x_t, x0, t, y):
+        del x_t
+        s = jnp.asarray(self.operator.singular_values, x0.dtype)
+        tau2 = broadcast_to_x(_inflation(self.schedule, t, self.inflation, self.tausq), x0)
+        var = self.sigma_y**2 + tau2 * s**2
+        residual = self.operator.measurement_to_spectral(y - self.operator(x0))  # U^T r on s > 0, else 0
+        live = s > 0
+        safe = jnp.where(live, var, 1.0)
+        term = jnp.where(live, -0.5 * (jnp.abs(residual) ** 2 / safe + jnp.log(2 * jnp.pi * safe)), 0.0)
+        return jnp.sum(term.reshape(x0.shape[0], -1), axis=-1)
+
+
+def measurement_twist(schedule: Schedule, operator, *, sigma_y: float, inflation: str = "tweedie",
+                      tausq: float = 0.12) -> MeasurementTwist:  # fmt: skip
+    """TDS's twist for any linear measurement y = A x0 + sigma_y n with an SVD (masks, downsampling,
+    blur, matrices of `diffjax.guidance.operators`): log N(y; A x0-hat, sigma_y^2 I + tau_t^2 A A^T),
+    x0-hat's error taken as N(0, tau_t^2 I) with tau_t^2 as in `inpainting_twist`. In the SVD
+    A = U diag(s) V^T the covariance is diagonal, sigma_y^2 + tau_t^2 s_i^2, over the observed spectral
+    coordinates (s_i > 0). For an inpainting operator it equals `inpainting_twist`; with
+    inflation="pigdm" and tausq = 1 it is the exact p_t(y | x_t) of a N(mu, I) prior.
+
+    Args:
+      schedule: the diffusion's schedule.
+      operator: a linear operator with `has_svd` (y has its measurement shape, (B, *measurement_shape)).
+      sigma_y: the measurement noise's standard deviation, > 0.
+      inflation: "tweedie" or "pigdm".
+      tausq: the PiGDM prior variance, > 0 (used by "pigdm").
+
+    Returns:
+      A `MeasurementTwist` `log_twist(x_t, x0_hat, t, y) -> (N,)`.
+
+    Raises:
+      ValueError: if `schedule` is not a diffjax schedule, `operator` has no SVD, `sigma_y` or `tausq`
+        is not > 0 or `inflation` is not one of `INFLATIONS`.
+    """
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a diffjax schedule, got {schedule!r}")
+    if not getattr(operator, "has_svd", False):
+        raise ValueError(f"operator must be a linear operator with an SVD (diffjax.guidance.operators), got {operator}")
+    sigma_y = _checks.positive("sigma_y", sigma_y)
+    _checks.one_of("inflation", inflation, INFLATIONS)
+    return MeasurementTwist(schedule, operator, sigma_y, inflation, _checks.positive("tausq", tausq))
