@@ -45,7 +45,7 @@ METHOD_OPTIONS = {  # each method's options and their defaults (steps: sampling 
     "pinv": {},
     "dps": dict(steps=100, solver="ddpm", zeta=1.0, grid="uniform"),
     "steered": dict(steps=50, solver="ddim", rho=1.0, repeats=1, grid="uniform"),
-    "pigdm": dict(steps=50, solver="ddim", grid="uniform"),
+    "pigdm": dict(steps=50, solver="ddim", scale=1.0, grid="uniform"),
     "ddrm": dict(steps=20, eta=0.85, eta_b=1.0, grid="uniform"),
     "reddiff": dict(steps=50, lr=0.1, lmbda=0.25, grid="uniform"),
     "repaint": dict(steps=50, solver="ddpm", jump_length=5, jump_n_sample=3, grid="uniform"),
@@ -129,7 +129,7 @@ def restore(method: str, denoiser, operator, y, sigma_y: float, key, shape, *, s
         loss = measurement_loss(operator, y, squared=True)
         solver, den, backward = steered(solver_of(), loss, o["rho"], repeats=o["repeats"]), denoiser, True
     elif method == "pigdm":
-        solver, den, backward = solver_of(), pigdm(denoiser, operator, y, sigma_y), True
+        solver, den, backward = solver_of(), pigdm(denoiser, operator, y, sigma_y, scale=o["scale"]), True
     elif method == "ddrm":
         solver, den, backward = ddrm(operator, y, sigma_y, eta=o["eta"], eta_b=o["eta_b"]), denoiser, False
     elif method == "reddiff":
