@@ -44,6 +44,10 @@ from diffjax.solvers.base import Solver, Wrapper, check_solver, solver_value, ta
 
 
 class TimeShiftState(NamedTuple):
+    """The state of `time_shift(solver)` (Li et al. 2024, TS-DPM): the wrapped solver's state, the
+    time each sample sits at after its last shift, and the number of steps taken; `x` is the inner
+    state's sample."""
+
     inner: Any  # the wrapped solver's state
     t: jax.Array  # (B, 1, ..., 1): the time each sample's state sits at (after a shift, t_k)
     steps: jax.Array  # int32: steps taken; the first step is never shifted (not per particle)
