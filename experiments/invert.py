@@ -40,6 +40,8 @@ def check(config):
     for method in config.methods:
         dj._checks.one_of("config.methods", method, problems.METHODS)
         problems.options(method, config[method].to_dict(), field=f"config.{method}")
+        if method == "pigdm" and config.pigdm.data_variance != "data":
+            problems.resolve(method, config.pigdm.to_dict(), None, field="config.pigdm")  # a number: checked now
     if not config.run:
         raise ValueError("config.run must name a trained model's workdir (experiments/train.py --workdir)")
     sigma_y = dj._checks.finite("config.sigma_y", config.sigma_y)
@@ -57,14 +59,14 @@ def held_out(run, n):
     return jnp.asarray(images[:n], jnp.float32)
 
 
-def restore_all(method, den, op, y, config, key, event):
+def restore_all(method, den, op, y, config, key, event, settings):
     """All restorations in batches of config.batch_size, the NFE per image and the backward flag."""
     outs, nfe, backward = [], 0, False
     for start in range(0, len(y), config.batch_size):
         part = y[start : start + config.batch_size]
         batch_den = den if den.cond is None else den.replace(cond=den.cond[: len(part)])
         x, nfe, backward = problems.restore(method, batch_den, op, part, config.sigma_y, jax.random.fold_in(key, start),
-                                            (len(part),) + event, settings=config[method].to_dict())  # fmt: skip
+                                            (len(part),) + event, settings=settings)  # fmt: skip
         outs.append(x)
     return jnp.concatenate(outs), nfe, backward
 
@@ -92,7 +94,8 @@ def main(argv):
         if not problems.applies(method, op):
             continue
         y = dj.guidance.operators.measure(op, jax.random.fold_in(key_task, 1), truth, config.sigma_y)
-        args = (method, den, op, y, config, jax.random.fold_in(key_task, 2), event)
+        settings = problems.resolve(method, config[method].to_dict(), run.data, field=f"config.{method}")
+        args = (method, den, op, y, config, jax.random.fold_in(key_task, 2), event, settings)
         jax.block_until_ready(restore_all(*args)[0])  # compiles
         start = time.perf_counter()
         x, nfe, backward = restore_all(*args)
@@ -101,7 +104,8 @@ def main(argv):
         scores = dict(psnr=dj.metrics.psnr(x, truth), ssim=dj.metrics.ssim(x, truth),
                       measurement_error=problems.measurement_error(op, x, y))  # fmt: skip
         rows.append(dict(task=task, method=method, **{k: float(jnp.mean(v)) for k, v in scores.items()}, nfe=nfe,
-                         backward=backward, seconds=seconds, finite=bool(jnp.all(jnp.isfinite(x)))))  # fmt: skip
+                         backward=backward, seconds=seconds, finite=bool(jnp.all(jnp.isfinite(x))),
+                         settings=settings))  # fmt: skip
         panels = grids.setdefault(task, [("truth", truth), ("A^+ y", op.pinv(y))])
         if method != "pinv":  # the second row already shows A^+ y
             panels.append((method, x))

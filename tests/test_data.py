@@ -117,6 +117,17 @@ def test_digits_split_is_a_deterministic_partition():
     assert rows(train) | rows(test) == rows(digits) and not rows(train) & rows(test)
 
 
+def test_dataset_variance_pools_the_training_entries():
+    digits = D.REGISTRY["digits"](batch_size=8)
+    assert digits.variance() == pytest.approx(np.var(np.asarray(digits.train_x, np.float64)), rel=1e-12)
+    shapes = D.REGISTRY["shapes"](batch_size=8, image_size=16)  # synthetic: n fresh draws at the seed
+    x = np.asarray(shapes.fresh(jax.random.key(0), 64), np.float64)
+    assert shapes.variance(n=64) == pytest.approx(np.var(x), rel=1e-12)
+    assert shapes.variance(n=64, seed=1) != shapes.variance(n=64)
+    with pytest.raises(ValueError, match="train_x"):
+        D.Dataset(batches=lambda step: None, event_shape=(2,)).variance()
+
+
 # --- procedural shapes -----------------------------------------------------------------------------
 
 RED, GREEN, BLUE, YELLOW = (np.asarray(S.PALETTE[i], np.float32) for i in range(4))

@@ -1,7 +1,7 @@
 """PiGDM on the linear-Gaussian oracle G0, where the exact conditional denoiser E[x0 | x_t, y] is known.
 
-Pointwise: with prior covariance I, Cov(x0 | x_t) = r_t^2 I exactly, so PiGDM's x0-tilde must be the
-Kalman conditional mean for any mean, operator and sigma_y (float64 closed forms: rounding only,
+Pointwise: with prior covariance v I and `data_variance=v`, Cov(x0 | x_t) = r_t^2 I exactly, so PiGDM's
+x0-tilde must be the Kalman conditional mean for any mean, operator and sigma_y (float64 closed forms: rounding only,
 1e-12). With another covariance it must miss by the amount its own formula predicts, while
 `covariance="exact"` stays exact. In distribution: the exact guided denoiser is the posterior's
 denoiser, so a fine-grid sampler started from the exact p_T(x_T | y) must hit N(m, C) diffused to the
@@ -52,14 +52,14 @@ def _cases():
 
 
 @pytest.mark.parametrize(
-    "case,sigma_y",
-    [(c, s) for c in _cases() for s in (0.3, 0.0) if c[0] != "linear_fn" or s == 0],  # no SVD: sigma_y = 0 only
+    "case,sigma_y,variance",
+    [(c, s, v) for c in _cases() for s in (0.3, 0.0) for v in (1.0, 0.3) if c[0] != "linear_fn" or s == 0],
     ids=lambda v: v[0] if isinstance(v, tuple) else str(v),
-)
-def test_identity_covariance_prior_gives_the_exact_conditional_mean(case, sigma_y):
+)  # the linear function has no SVD: sigma_y = 0 only
+def test_isotropic_prior_gives_the_exact_conditional_mean(case, sigma_y, variance):
     _, op, a, y, y_rows = case
-    prior = dj.data.LinearGaussian(MU, np.eye(D))
-    guided = pigdm(prior.denoiser(SCHED), op, y, sigma_y)
+    prior = dj.data.LinearGaussian(MU, variance * np.eye(D))
+    guided = pigdm(prior.denoiser(SCHED), op, y, sigma_y, data_variance=variance)
     for t in TIMES:
         got = _call(guided, X, t)
         np.testing.assert_allclose(got.x0, _kalman(prior, t, a, y_rows, sigma_y), rtol=0, atol=1e-12)
@@ -84,6 +84,10 @@ def test_other_covariances_miss_by_the_formula_and_the_exact_covariance_does_not
         np.testing.assert_allclose(got, predicted, rtol=0, atol=1e-12)
         kalman = np.asarray(_kalman(prior, t, A, y, sigma_y))
         assert np.abs(predicted - kalman).max() > 1e-3  # the r_t^2 I approximation is off here
+        if sigma_y == 0.3:  # and the unit-variance r_t^2 misses an isotropic prior of another variance
+            small = dj.data.LinearGaussian(MU, 0.3 * np.eye(D))
+            unit = _call(pigdm(small.denoiser(SCHED), op, y, sigma_y), X, t).x0
+            assert np.abs(unit - np.asarray(_kalman(small, t, A, y, sigma_y))).max() > 1e-3
         exact = _call(pigdm(den, op, y, sigma_y, covariance="exact"), X, t).x0
         np.testing.assert_allclose(exact, kalman, rtol=0, atol=1e-12)
 
@@ -190,6 +194,9 @@ def test_bad_arguments():
         pigdm(den, op, jnp.zeros(3), 0.1)
     with pytest.raises(ValueError, match="covariance"):
         pigdm(den, op, y, 0.1, covariance="tweedie")
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="data_variance"):
+            pigdm(den, op, y, 0.1, data_variance=bad)
     with pytest.raises(ValueError, match="weight"):
         pigdm(den, op, y, 0.1, weight="awd")
     with pytest.raises(ValueError, match="linear"):

@@ -229,7 +229,7 @@ INVERT_SMALL = (
 
 def test_invert_experiment_runs_every_method_on_held_out_digits(digits_run, tmp_path):
     cmd = [sys.executable, "experiments/invert.py", "--config=configs/invert.py:digits", f"--config.run={digits_run}",
-           *INVERT_SMALL, f"--workdir={tmp_path}"]  # fmt: skip
+           *INVERT_SMALL, "--config.pigdm.data_variance=data", f"--workdir={tmp_path}"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "PSNR, SSIM: higher is better" in out.stdout
@@ -242,6 +242,8 @@ def test_invert_experiment_runs_every_method_on_held_out_digits(digits_run, tmp_
     # A^+ y reproduces the measurement of a full-row-rank operator up to rounding
     assert rows[("sr2", "pinv")]["measurement_error"] < 1e-5 and rows[("box", "repaint")]["measurement_error"] < 1e-5
     assert (tmp_path / "grid_box.png").exists() and (tmp_path / "grid_sr2.png").exists()
+    # PiGDM's data_variance="data" is measured on the run's training split (digits in [-1, 1]: about 0.57)
+    assert 0.5 < rows[("box", "pigdm")]["settings"]["data_variance"] < 0.65
 
 
 @pytest.mark.parametrize(
@@ -251,6 +253,8 @@ def test_invert_experiment_runs_every_method_on_held_out_digits(digits_run, tmp_
         ("--config.tasks=('colourise',)", "config.tasks"),
         ("--config.sigma_y=-0.1", "config.sigma_y"),
         ("--config.run=", "config.run"),
+        ("--config.pigdm.data_variance=-1", "config.pigdm.data_variance"),
+        ("--config.pigdm.data_variance=wide", "config.pigdm.data_variance"),
     ],
 )
 def test_invert_experiment_rejects_bad_configs_in_one_line(override, message):

@@ -46,6 +46,29 @@ class Dataset:
         """(x, labels) host arrays to evaluate against, or None (drawn or loaded on first use)."""
         return None if self.load_evaluation is None else self.load_evaluation()
 
+    def variance(self, n: int = 1024, seed: int = 0) -> float:
+        """The variance of one entry of x over the training data, pooled over all entries (what a
+        Gaussian prior N(m, v I) fitted to the data would use, e.g. PiGDM's `data_variance`).
+
+        Args:
+          n: how many fresh samples to draw for synthetic sets (finite sets use all of `train_x`).
+          seed: the seed of those draws.
+
+        Returns:
+          The pooled variance of x as a float.
+
+        Raises:
+          ValueError: if the data set has neither `train_x` nor `fresh`.
+        """
+        if self.train_x is not None:
+            x = np.asarray(self.train_x, np.float64)
+        elif self.fresh is not None:
+            x = self.fresh(jax.random.key(seed), n)
+            x = np.asarray(x[0] if isinstance(x, tuple) else x, np.float64)
+        else:
+            raise ValueError("this data set has neither train_x nor a fresh sampler to measure its variance from")
+        return float(np.var(x))
+
     @property
     def null_label(self) -> int | None:
         """The label that means "no class" (classifier-free guidance), or None when unconditional."""

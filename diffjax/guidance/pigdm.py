@@ -17,6 +17,13 @@ fixed (no second-order terms), the bracket computed in the operator's SVD (`guid
 which for sigma_y = 0 is A^+ v / r^2 (the paper's noiseless form; operators without an SVD use
 their `pinv` then). The default r_t^2 = sigma^2 / (alpha^2 + sigma^2) = sigmoid(-logSNR) is Cov(x0 | x_t)
 for unit-variance data (the paper's 1 - alpha-bar_t in VP form, sigma_t^2 / (1 + sigma_t^2) in VE form).
+For data of per-entry variance v (`data_variance`) the same Gaussian reasoning gives
+
+    r_t^2 = v sigma^2 / (alpha^2 v + sigma^2) = v sigmoid(-logSNR - log v),
+
+Cov(x0 | x_t) for a prior with covariance v I: images in [-1, 1] on a black background have v well
+below 1 (procedural shapes 0.26, digits 0.57), where r_t^2 of unit-variance data overstates the
+denoiser's uncertainty and under-weights the measurement.
 
 `covariance="exact"` replaces r_t^2 I by Tweedie's second-order covariance
 Cov(x0 | x_t) = (sigma^2 / alpha) J_t, from a dense Jacobian (one linearisation and D tangents per
@@ -69,6 +76,7 @@ class PiGDM(Value):
       y: the measurement, (*measurement_shape) or (N, *measurement_shape).
       sigma_y: the measurement noise level >= 0.
       scale: the guidance multiplier k (1 = the paper).
+      data_variance: v in r_t^2 = v sigmoid(-logSNR - log v) (1 = the paper).
       covariance: "pigdm" (r_t^2 I) or "exact" ((sigma^2 / alpha) J_t, dense).
       weight: "principled" or "reddiff" (an extra alpha-bar_t).
     """
@@ -78,6 +86,7 @@ class PiGDM(Value):
     y: jax.Array
     sigma_y: float
     scale: float
+    data_variance: float
     covariance: str = struct.field(pytree_node=False, default="pigdm")
     weight: str = struct.field(pytree_node=False, default="principled")
 
@@ -106,14 +115,16 @@ class PiGDM(Value):
         return op.from_spectral(coef * op.measurement_to_spectral(residual)).astype(like.dtype)
 
     def _pigdm_guidance(self, x, t, cond):
-        """(pred, g) with r_t^2 = sigmoid(-logSNR): one forward and one VJP."""
+        """(pred, g) with r_t^2 = v sigmoid(-logSNR - log v): one forward and one VJP."""
 
         def x0_of(x):
             pred = _call(self.denoiser, x, t, cond)
             return pred.x0, pred
 
         x0, vjp, pred = jax.vjp(x0_of, x, has_aux=True)
-        r2 = broadcast_to_x(jax.nn.sigmoid(-self.schedule.logsnr(jnp.asarray(t))), x0).astype(x.dtype)
+        v = jnp.asarray(self.data_variance, x.dtype)
+        r2 = v * jax.nn.sigmoid(-self.schedule.logsnr(jnp.asarray(t)).astype(x.dtype) - jnp.log(v))
+        r2 = broadcast_to_x(r2, x0)
         v = jax.lax.stop_gradient(self._bracket(self._residual(x0), r2, x0))
         return pred, vjp(v)[0]
 
@@ -163,6 +174,7 @@ def pigdm(
     covariance: str = "pigdm",
     weight: str = "principled",
     scale: float = 1.0,
+    data_variance: float = 1.0,
 ) -> PiGDM:
     """Pseudoinverse-guided diffusion (Song, Vahdat, Mardani & Kautz 2023, "Pseudoinverse-Guided
     Diffusion Models for Inverse Problems"): the denoiser guided by the gradient of the Gaussian
@@ -177,11 +189,13 @@ def pigdm(
         (identity, inpainting, downsample, blur, matrix).
       y: the measurement, (*measurement_shape) shared by all samples or (N, *measurement_shape).
       sigma_y: the measurement noise level >= 0 (a leaf); 0 uses the pseudo-inverse form.
-      covariance: "pigdm" (r_t^2 = sigmoid(-logSNR) times I, the paper) or "exact" (Tweedie's
+      covariance: "pigdm" (r_t^2 I with r_t^2 = v sigmoid(-logSNR - log v), the paper at v = 1) or "exact" (Tweedie's
         (sigma^2 / alpha) J_t by a dense Jacobian: exact for Gaussian priors, for small events only).
       weight: "principled" (the paper's score) or "reddiff" (RED-diff's PGDM: the shift damped by an
         extra alpha-bar_t = sigmoid(logSNR)).
       scale: a finite multiplier of the guidance (a leaf; 0 is the unguided denoiser).
+      data_variance: v > 0, the per-entry variance of the data the denoiser was trained on (a leaf;
+        1 = the paper's unit-variance r_t^2); used by `covariance="pigdm"` only.
 
     Returns:
       A `PiGDM` denoiser value whose views are all guided and consistent with x.
@@ -189,7 +203,7 @@ def pigdm(
     Raises:
       ValueError: if the denoiser has no schedule, the operator is not linear (or has no SVD while
         sigma_y > 0), y has the wrong shape or is not finite, sigma_y is negative or not finite,
-        scale is not finite, or an option is not one of its allowed values.
+        scale is not finite, data_variance is not positive and finite, or an option is not one of its allowed values.
     """
     if not callable(denoiser) or not hasattr(denoiser, "schedule"):
         raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
@@ -205,4 +219,6 @@ def pigdm(
             f"sigma_y = {sigma_y} > 0 needs an operator with an SVD (identity, inpainting, downsample, blur, "
             f"matrix), got {type(operator).__name__}; use sigma_y = 0 or covariance='exact'"
         )
-    return PiGDM(denoiser, operator, y, sigma_y, _checks.finite("scale", scale), covariance, weight)
+    scale = _checks.finite("scale", scale)
+    data_variance = _checks.positive("data_variance", data_variance)
+    return PiGDM(denoiser, operator, y, sigma_y, scale, data_variance, covariance, weight)
