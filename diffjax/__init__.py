@@ -1,8 +1,10 @@
 """diffjax: compiled samplers, guidance and inference-time steering for diffusion and flow models."""
 
 from diffjax import (
+    compose,
     data,
     guidance,
+    likelihood,
     metrics,
     models,
     parallel,
@@ -25,8 +27,10 @@ __all__ = [
     "Prediction",
     "SampleInfo",
     "Solver",
+    "compose",
     "data",
     "guidance",
+    "likelihood",
     "metrics",
     "models",
     "parallel",

@@ -64,6 +64,26 @@ class Schedule:
         return t
 
 
+def same_schedule(a, b) -> bool:
+    """Whether two schedules are the same forward process: one pytree structure (type and static
+    options) with equal parameters. Traced parameters compare as equal (only their structure is known
+    then), so the check is exact before tracing, where composed models are built.
+
+    Args:
+      a, b: schedules.
+
+    Returns:
+      True if every model built on `a` sees the same alpha(t), sigma(t) as one built on `b`.
+    """
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    if type(a) is not type(b) or tree_a != tree_b:
+        return False
+    if not _checks.is_concrete(leaves_a, leaves_b):
+        return True
+    return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(leaves_a, leaves_b))
+
+
 def _as_float(t):
     return jnp.asarray(t, dtype=jnp.result_type(t, float))
 
