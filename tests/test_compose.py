@@ -193,3 +193,27 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         compose.stack(P1.denoiser(SCHED), P2.denoiser(dj.schedules.ve()))
     with pytest.raises(ValueError, match="at least 2"):
         compose.stack(P1.denoiser(SCHED))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_and_weights_equalise_the_increments_and_sum_to_one(m):
+    # kappa solves (A kappa + c)_i = (A kappa + c)_j for all i, j and sum kappa = 1: a linear system whose
+    # solution is unique for a generic A (float64 rounding only: 1e-10)
+    rng = np.random.default_rng(m)
+    a, c = jnp.asarray(rng.normal(size=(5, m, m))), jnp.asarray(rng.normal(size=(5, m)))
+    kappa = sd.and_weights(a, c)
+    increments = jnp.einsum("bij,bj->bi", a, kappa) + c
+    np.testing.assert_allclose(kappa.sum(-1), 1.0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(increments - increments[:, :1], 0.0, rtol=0, atol=1e-10)
+
+
+def test_and_of_three_models_keeps_their_log_densities_equal():
+    # three exact Gaussians, Euler: equal starts and equalised increments keep the Itô estimates equal
+    p3 = dj.data.GaussianMixture([1.0], [[0.0, 2.0]], [[1.0, 1.0]])
+    models = compose.stack(P1.denoiser(SCHED), P2.denoiser(SCHED), p3.denoiser(SCHED))
+    ts = dj.timesteps.uniform(SCHED, 50)
+    x_T = dj.prior_sample(jax.random.key(0), SCHED, ts, (64, 2))
+    solver = compose.superdiff(dj.solvers.euler(), "and", num_models=3)
+    x, info = compose.sample_with_density(solver, models, ts, jax.random.key(1), x_T)
+    assert np.all(np.isfinite(x)) and info.log_q.shape == (64, 3)
+    np.testing.assert_allclose(info.log_q - info.log_q[:, :1], 0.0, rtol=0, atol=1e-8)
