@@ -3,6 +3,7 @@
 from diffjax import (
     compose,
     data,
+    discrete,
     guidance,
     likelihood,
     metrics,
@@ -29,6 +30,7 @@ __all__ = [
     "Solver",
     "compose",
     "data",
+    "discrete",
     "guidance",
     "likelihood",
     "metrics",

@@ -6,7 +6,7 @@ and deterministic, resumable, shardable batching.
 one line here.
 """
 
-from diffjax.data import arrays, digits, shapes, toy2d
+from diffjax.data import arrays, digits, shapes, text, toy2d
 from diffjax.data.arrays import ArrayData, load_npz
 from diffjax.data.dataset import Dataset
 from diffjax.data.digits import Digits, load_digits, train_test_split
@@ -52,6 +52,7 @@ __all__ = [
     "ring",
     "rings",
     "shapes",
+    "text",
     "swiss_roll",
     "toy2d",
     "train_test_split",

@@ -28,6 +28,7 @@ from diffjax.models.classifier import Classifier, ClassifierOutput
 from diffjax.models.dit import DiT
 from diffjax.models.embeddings import ConditionEmbedding, drop_labels, fourier, sinusoidal
 from diffjax.models.mlp import MLP
+from diffjax.models.token_transformer import TokenTransformer
 from diffjax.models.unet import UNet
 
 REGISTRY = {
@@ -43,6 +44,7 @@ __all__ = [
     "ClassifierOutput",
     "DiT",
     "MLP",
+    "TokenTransformer",
     "UNet",
     "ConditionEmbedding",
     "apply_fn",
