@@ -150,7 +150,8 @@ def test_kill_9_and_restart_continue_bit_identically(moons_run, tmp_path):
 def test_eight_devices_give_the_loss_curve_of_one(tmp_path):
     one = tmp_path / "one"
     eight = tmp_path / "eight"
-    shorter = [*SHORT, "--config.optim.total_steps=200"]  # the last override wins
+    # 50 steps, 5 losses logged (the last override wins)
+    shorter = [*SHORT, "--config.optim.total_steps=50", "--config.log_every=10", "--config.steps_per_call=10"]
     _train(one, *shorter, "--config.num_devices=1", devices=8)
     _train(eight, *shorter, "--config.num_devices=8", devices=8)
     np.testing.assert_allclose(_losses(eight), _losses(one), rtol=1e-4)
