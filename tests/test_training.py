@@ -222,7 +222,7 @@ def test_steer_experiment_steers_a_trained_digits_model_with_its_classifier(digi
 
 
 INVERT_SMALL = (
-    ["--config.num_images=4", "--config.batch_size=4", "--config.tasks=('box', 'sr2')"]
+    ["--config.num_images=4", "--config.batch_size=4", "--config.tasks=('box',)"]
     + [f"--config.{m}.steps=3" for m in ("dps", "steered", "pigdm", "ddrm", "reddiff")]
     + ["--config.repaint.steps=4", "--config.repaint.jump_length=2", "--config.repaint.jump_n_sample=2"]
 )
@@ -235,14 +235,15 @@ def test_invert_experiment_runs_every_method_on_held_out_digits(digits_run, tmp_
     assert out.returncode == 0, out.stderr[-4000:]
     assert "PSNR, SSIM: higher is better" in out.stdout
     rows = {(r["task"], r["method"]): r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
-    # RePaint restores inpainting only; (T, j, r) = (4, 2, 2) walks 4 + 1 * 1 * 2 = 6 down steps
-    expected = {(t, m): 3 for t in ("box", "sr2") for m in ("dps", "steered", "pigdm", "ddrm", "reddiff")}
-    expected.update({("box", "pinv"): 0, ("sr2", "pinv"): 0, ("box", "repaint"): 6})
+    # one task keeps the test cheap (every method compiles once per task; the operators' own tests cover the
+    # others); RePaint's (T, j, r) = (4, 2, 2) walks 4 + 1 * 1 * 2 = 6 down steps
+    expected = {("box", m): 3 for m in ("dps", "steered", "pigdm", "ddrm", "reddiff")}
+    expected.update({("box", "pinv"): 0, ("box", "repaint"): 6})
     assert {k: r["nfe"] for k, r in rows.items()} == expected
     assert all(r["finite"] and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 for r in rows.values()), rows
-    # A^+ y reproduces the measurement of a full-row-rank operator up to rounding
-    assert rows[("sr2", "pinv")]["measurement_error"] < 1e-5 and rows[("box", "repaint")]["measurement_error"] < 1e-5
-    assert (tmp_path / "grid_box.png").exists() and (tmp_path / "grid_sr2.png").exists()
+    # A^+ y and RePaint's pasted output reproduce the observed pixels up to rounding
+    assert rows[("box", "pinv")]["measurement_error"] < 1e-5 and rows[("box", "repaint")]["measurement_error"] < 1e-5
+    assert (tmp_path / "grid_box.png").exists()
     # PiGDM's data_variance="data" is measured on the run's training split (digits in [-1, 1]: about 0.57)
     assert 0.5 < rows[("box", "pigdm")]["settings"]["data_variance"] < 0.65
 
@@ -309,8 +310,8 @@ def test_bad_configs_fail_before_training_and_name_the_field(tmp_path, override,
     assert not (tmp_path / "checkpoints").exists()
 
 
-LIKELIHOOD_SMALL = ["--config.num_images=2", "--config.batch_size=2", "--config.rtol=1e-3", "--config.atol=1e-3",
-                    "--config.num_probes=8"]  # fmt: skip
+LIKELIHOOD_SMALL = ["--config.num_images=2", "--config.batch_size=2", "--config.rtol=1e-2", "--config.atol=1e-2",
+                    "--config.num_probes=4"]  # fmt: skip
 
 
 def test_likelihood_experiment_scores_trained_below_untrained(digits_run, tmp_path):
@@ -325,7 +326,8 @@ def test_likelihood_experiment_scores_trained_below_untrained(digits_run, tmp_pa
     assert "ddpm_vlb skipped" in out.stdout and "bits/dim: lower is better" in out.stdout  # a vp_cosine run
     rows = {r["parameters"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     assert set(rows) == {"trained", "untrained"}
-    assert all(r["finite"] and r["nfe"] > 0 and r["accepted"] > 0 and r["se_probes"] > 0 for r in rows.values())
+    assert all(r["finite"] and r["nfe"] > 0 and r["accepted"] > 0 and r["se_probes"] >= 0 for r in rows.values())
+    assert rows["trained"]["se_probes"] > 0  # (an untrained network is nearly constant: every probe agrees)
     # training lowers the bits/dim (measured 4.62 against 4.87 at 300 steps, probe SE 0.01)
     trained, untrained = rows["trained"], rows["untrained"]
     assert trained["bits_per_dim"] + 3 * (trained["se_probes"] + untrained["se_probes"]) < untrained["bits_per_dim"]
