@@ -416,6 +416,19 @@ def _time_range(t_min, t_max, low=0.0, high=math.inf):
 
 
 def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, t_max: float = 1.0):
+    """The linear-beta VP schedule of score_sde and DPM-Solver (Song et al. 2021): log alpha =
+    -(beta_max - beta_min) t^2 / 4 - beta_min t / 2, sigma = sqrt(1 - alpha^2).
+
+    Args:
+      beta_min, beta_max: beta(0) and beta(1), 0 < beta_min <= beta_max.
+      t_min, t_max: the time range in [0, 1].
+
+    Returns:
+      A `VPLinear` schedule.
+
+    Raises:
+      ValueError: for a bad beta or time range, naming it.
+    """
     beta_min = _checks.positive("beta_min", beta_min)
     beta_max = _checks.finite("beta_max", beta_max)
     if beta_max < beta_min:
@@ -425,12 +438,36 @@ def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1
 
 
 def vp_cosine(s: float = 0.008, *, t_min: float = 1e-3, t_max: float = 0.9946):
+    """The cosine VP schedule (Nichol & Dhariwal 2021): alpha^2 = f(t) / f(0), f = cos^2(pi/2 (t + s)/(1 + s)).
+
+    Args:
+      s: the offset s > 0.
+      t_min, t_max: the time range in [0, 1] (t_max < 1 keeps alpha > 0).
+
+    Returns:
+      A `VPCosine` schedule.
+
+    Raises:
+      ValueError: for a bad s or time range, naming it.
+    """
     s = _checks.positive("s", s)
     t_min, t_max = _time_range(t_min, t_max, 0.0, 1.0)
     return VPCosine(s, t_min=t_min, t_max=t_max)
 
 
 def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 0.0, t_max: float = 1.0):
+    """The VE schedule of score_sde (Song et al. 2021): alpha = 1, sigma = sigma_min (sigma_max / sigma_min)^t.
+
+    Args:
+      sigma_min, sigma_max: 0 < sigma_min < sigma_max.
+      t_min, t_max: the time range in [0, 1].
+
+    Returns:
+      A `VE` schedule.
+
+    Raises:
+      ValueError: for bad sigmas or time range, naming them.
+    """
     sigma_min = _checks.positive("sigma_min", sigma_min)
     sigma_max = _checks.positive("sigma_max", sigma_max)
     _checks.less("sigma_min", sigma_min, "sigma_max", sigma_max)
@@ -439,6 +476,18 @@ def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 0.0, 
 
 
 def edm(sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0):
+    """EDM's schedule (Karras et al. 2022): alpha = 1, sigma = t, t in [sigma_min, sigma_max].
+
+    Args:
+      sigma_data: the data's standard deviation (EDM's preconditioning), > 0.
+      sigma_min, sigma_max: the noise range, 0 < sigma_min < sigma_max.
+
+    Returns:
+      An `EDM` schedule.
+
+    Raises:
+      ValueError: for a non-positive or misordered value, naming it.
+    """
     sigma_data = _checks.positive("sigma_data", sigma_data)
     sigma_min = _checks.positive("sigma_min", sigma_min)
     sigma_max = _checks.positive("sigma_max", sigma_max)
@@ -447,11 +496,35 @@ def edm(sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80
 
 
 def rectified_flow(*, t_min: float = 0.0, t_max: float = 1.0):
+    """The rectified-flow path (Liu et al. 2023; SD3): alpha = 1 - t, sigma = t.
+
+    Args:
+      t_min, t_max: the time range in [0, 1].
+
+    Returns:
+      A `RectifiedFlow` schedule.
+
+    Raises:
+      ValueError: for a bad time range.
+    """
     t_min, t_max = _time_range(t_min, t_max, 0.0, 1.0)
     return RectifiedFlow(t_min=t_min, t_max=t_max)
 
 
 def interpolant(alpha_fn: Callable, sigma_fn: Callable, *, t_min: float = 0.0, t_max: float = 1.0):
+    """A user's interpolant x_t = alpha(t) x_0 + sigma(t) eps (derivatives by autodiff, the inverse of logSNR by
+    bisection).
+
+    Args:
+      alpha_fn, sigma_fn: callables t -> alpha(t), sigma(t) (logSNR must decrease in t).
+      t_min, t_max: the time range.
+
+    Returns:
+      An `Interpolant` schedule.
+
+    Raises:
+      ValueError: if a function is not callable or the time range is bad.
+    """
     if not callable(alpha_fn):
         raise ValueError(f"alpha_fn must be a callable t -> alpha(t), got {alpha_fn!r}")
     if not callable(sigma_fn):

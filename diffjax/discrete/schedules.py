@@ -30,6 +30,7 @@ first-hitting sampler needs it).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -47,20 +48,20 @@ def _t(t):
     return jnp.asarray(t, dtype=jnp.result_type(t, float))
 
 
-class MaskingSchedule:
+class MaskingSchedule(abc.ABC):
     """Base class: subclasses define `alpha`, `dalpha` and `t_from_alpha`; `weight` follows."""
 
+    @abc.abstractmethod
     def alpha(self, t):
         """The keep probability alpha(t)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dalpha(self, t):
         """d alpha / dt (<= 0)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def t_from_alpha(self, alpha):
         """The time at which the keep probability is `alpha` (the inverse of `alpha`)."""
-        raise NotImplementedError
 
     def weight(self, t):
         """The NELBO weight -alpha'(t) / (1 - alpha(t)) of the masked tokens' cross-entropy."""
