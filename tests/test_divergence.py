@@ -8,9 +8,12 @@ On diag(1/i^2), d = 100, its variance is well below Hutchinson's at the same m w
 (Rademacher ones are exact on any diagonal matrix; Gaussian Hutchinson's variance is 2 sum_i
 lambda_i^2 / m, and Hutch++ removes the top eigenvalues from it: asserted as a factor of 5). It is
 unbiased for a nonsymmetric A (the mean over 400 keys within 5 standard errors). Hutchinson: the
-mean over many probe sets within 3 SE of tr A, and its variance falls as 1/K: var(K=1)/var(K=8) must
-lie in the central 99.8% of the F(n-1, n-1) distribution around 8 (the ratio of two independent
-sample variances of n = 400 draws).
+mean over many probe sets within 5 SE of tr A, and its sample variance within 5 SE of the exact
+variance 2 ||S||_F^2 / K (Gaussian probes) or 2 (||S||_F^2 - sum_i S_ii^2) / K (Rademacher), S the
+symmetric part of A, at K = 1 and K = 8 (the SE of a sample variance from the sample's fourth
+central moment, sqrt((m4 - s^4) / n): the estimates are far from normal, so normal-theory F bounds
+on a variance ratio are too narrow). Every test draws its matrix from its own seed, so the result
+does not depend on which tests an xdist worker ran before it.
 The exact divergence is checked to rounding against tr A.
 """
 
@@ -18,12 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 
 import diffjax.likelihood as lik
 
-RNG = np.random.default_rng(0)
 N_KEYS = 400
+
+
+def _normal(seed, *shape):
+    return np.random.default_rng(seed).normal(size=shape)
 
 
 def _linear(a):
@@ -48,8 +53,8 @@ def _estimates(estimator, a, num, dist="rademacher", seed=0, **kwargs):
 
 
 def test_exact_divergence_is_the_trace_per_sample():
-    a = jnp.asarray(RNG.normal(size=(2, 5, 5)))  # a different matrix for each of two samples
-    x = jnp.asarray(RNG.normal(size=(2, 5)))
+    a = jnp.asarray(_normal(0, 2, 5, 5))  # a different matrix for each of two samples
+    x = jnp.asarray(_normal(1, 2, 5))
     fx, div = lik.exact(lambda y: jnp.einsum("bij,bj->bi", a, y) + jnp.sin(y), x)
     np.testing.assert_allclose(div, jnp.trace(a, axis1=1, axis2=2) + jnp.cos(x).sum(1), rtol=1e-12)
     fx_img, div_img = lik.exact(lambda y: y**2, x.reshape(2, 5, 1))  # any event shape
@@ -57,30 +62,30 @@ def test_exact_divergence_is_the_trace_per_sample():
 
 
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
-def test_hutchinson_is_unbiased_and_its_variance_falls_as_one_over_k(dist):
-    a = RNG.normal(size=(6, 6))
-    one = _estimates(lik.hutchinson, a, 1, dist)
-    eight = _estimates(lik.hutchinson, a, 8, dist, seed=1)
-    for est in (one, eight):
-        assert abs(est.mean() - np.trace(a)) < 3 * est.std(ddof=1) / np.sqrt(N_KEYS)
-    ratio = one.var(ddof=1) / eight.var(ddof=1) / 8  # ~ F(n-1, n-1) when var(K) = var(1) / K
-    low, high = scipy.stats.f.ppf([0.001, 0.999], N_KEYS - 1, N_KEYS - 1)
-    assert low < ratio < high, ratio
+def test_hutchinson_is_unbiased_with_the_exact_variance_over_k(dist):
+    a = _normal(2, 6, 6)
+    sym = (a + a.T) / 2
+    var_one = 2 * (np.sum(sym**2) - (np.sum(np.diag(sym) ** 2) if dist == "rademacher" else 0.0))
+    for k, seed in ((1, 0), (8, 1)):
+        est = _estimates(lik.hutchinson, a, k, dist, seed=seed)
+        assert abs(est.mean() - np.trace(a)) < 5 * est.std(ddof=1) / np.sqrt(N_KEYS)
+        s2, m4 = est.var(ddof=1), np.mean((est - est.mean()) ** 4)
+        assert abs(s2 - var_one / k) < 5 * np.sqrt((m4 - s2**2) / N_KEYS), (k, s2, var_one / k)
     vjp = _estimates(lik.hutchinson, a, 8, dist, seed=1, mode="vjp")
-    np.testing.assert_allclose(vjp, eight, rtol=1e-10)  # z^T (J z) = (z^T J) z
+    np.testing.assert_allclose(vjp, est, rtol=1e-10)  # z^T (J z) = (z^T J) z
 
 
 @pytest.mark.parametrize("m", [3, 6, 9, 10])
 def test_hutch_plus_plus_is_exact_for_low_rank_matrices_for_every_key(m):
     d, rank = 12, -(-m // 3)
-    a = RNG.normal(size=(d, rank)) @ RNG.normal(size=(rank, d))  # nonsymmetric, rank ceil(m/3)
+    a = _normal(3, d, rank) @ _normal(4, rank, d)  # nonsymmetric, rank ceil(m/3)
     est = _estimates(lik.hutch_plus_plus, a, m, "gaussian")
     np.testing.assert_allclose(est, np.trace(a), atol=1e-10, rtol=0)
 
 
 def test_non_adaptive_hutch_plus_plus_is_exact_for_rank_up_to_m_over_6():
     d, m = 12, 12
-    a = RNG.normal(size=(d, 2)) @ RNG.normal(size=(2, d))  # rank 2 = ceil(12/6), nonsymmetric
+    a = _normal(5, d, 2) @ _normal(6, 2, d)  # rank 2 = ceil(12/6), nonsymmetric
     est = _estimates(lik.hutch_plus_plus, a, m, "gaussian", adaptive=False)
     np.testing.assert_allclose(est, np.trace(a), atol=1e-9, rtol=0)
 
@@ -98,7 +103,7 @@ def test_hutch_plus_plus_has_lower_variance_than_hutchinson_on_a_decaying_spectr
 
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_hutch_plus_plus_is_unbiased_for_a_nonsymmetric_matrix(adaptive):
-    a = RNG.normal(size=(30, 30))
+    a = _normal(7, 30, 30)
     est = _estimates(lik.hutch_plus_plus, a, 9, adaptive=adaptive)
     se = est.std(ddof=1) / np.sqrt(N_KEYS)
     assert abs(est.mean() - np.trace(a)) < 5 * se, (est.mean(), np.trace(a), se)

@@ -49,7 +49,7 @@ def _closed_form_gradient(x, t, y, squared=False):
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
 def test_gradient_is_the_closed_form(t, squared):
     x = jax.random.normal(jax.random.key(0), (5, D))
-    y = jnp.asarray(RNG.normal(size=(5, 2)))  # one measurement per sample
+    y = jnp.asarray(np.random.default_rng(100).normal(size=(5, 2)))  # one measurement per sample
     grad, pred, losses = GRADIENT(DEN, measurement_loss(OP, y, squared=squared), x, t)
     np.testing.assert_allclose(grad, _closed_form_gradient(x, t, y, squared), rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(pred.x0, PRIOR.x0_mean(x, SCHED, t), rtol=1e-13, atol=1e-14)
@@ -104,7 +104,7 @@ def test_zeta_zero_is_the_wrapped_sampler_bit_for_bit_with_its_nfe(name):
 
 
 def test_samples_do_not_couple():
-    ys = jnp.asarray(RNG.normal(size=(8, 2)))
+    ys = jnp.asarray(np.random.default_rng(101).normal(size=(8, 2)))
     solver = dps(dj.solvers.ddim(), OP, ys[0], 1.0)
     alone, _ = dj.sample(solver, DEN, TS, jax.random.key(7), X_T[:1])
     copies, _ = dj.sample(solver, DEN, TS, jax.random.key(7), jnp.repeat(X_T[:1], 8, axis=0))

@@ -41,8 +41,8 @@ def _kalman(prior, t, a, y, sigma_y):
 
 def _cases():
     """(name, operator, dense rows of A that are measured, y) for a matrix, a mask and a function."""
-    y = jnp.asarray(RNG.normal(size=2))
-    y_mask = jnp.asarray(MASK * RNG.normal(size=D))
+    y = jnp.asarray(np.random.default_rng(100).normal(size=2))
+    y_mask = jnp.asarray(MASK * np.random.default_rng(101).normal(size=D))
     rows = np.flatnonzero(MASK)
     return [
         ("matrix", operators.matrix(A, (D,)), A, y, y),
@@ -72,7 +72,7 @@ def test_other_covariances_miss_by_the_formula_and_the_exact_covariance_does_not
     prior = dj.data.LinearGaussian(MU, COV)
     den = prior.denoiser(SCHED)
     op = operators.matrix(A, (D,))
-    y = jnp.asarray(RNG.normal(size=2))
+    y = jnp.asarray(np.random.default_rng(102).normal(size=2))
     for t in TIMES[:3]:
         alpha, sigma = float(SCHED.alpha(t)), float(SCHED.sigma(t))
         x0 = np.asarray(prior.x0_mean(X, SCHED, t))
@@ -95,7 +95,7 @@ def test_other_covariances_miss_by_the_formula_and_the_exact_covariance_does_not
 def test_weight_and_scale():
     prior = dj.data.LinearGaussian(MU, COV)
     den = prior.denoiser(SCHED)
-    op, y, t = operators.matrix(A, (D,)), jnp.asarray(RNG.normal(size=2)), 0.4
+    op, y, t = operators.matrix(A, (D,)), jnp.asarray(np.random.default_rng(103).normal(size=2)), 0.4
     base = den(X, t)
     principled = _call(pigdm(den, op, y, 0.1), X, t)
     damped = _call(pigdm(den, op, y, 0.1, weight="reddiff"), X, t)
@@ -170,7 +170,7 @@ def test_works_with_any_solver(solver):
 def test_samples_do_not_couple():
     prior = dj.data.LinearGaussian(MU, COV)
     ts = dj.timesteps.logsnr_uniform(SCHED, 10)
-    ys = jnp.asarray(RNG.normal(size=(4, 2)))
+    ys = jnp.asarray(np.random.default_rng(104).normal(size=(4, 2)))
     op = operators.matrix(A, (D,))
     x_T = jax.random.normal(jax.random.key(5), (4, D))
     run = lambda ys, x_T: dj.sample(dj.solvers.ddpm(), pigdm(prior.denoiser(SCHED), op, ys, 0.2), ts,

@@ -48,7 +48,7 @@ def test_gradient_is_the_hand_derived_expression(kind):
     mask = np.array([1.0, 0.0, 1.0])
     op, a, y = (OP, A, np.asarray(Y)) if kind == "matrix" else (operators.inpainting(mask), np.diag(mask), mask * 0.7)
     d_y = 2  # two measured values in both cases
-    mu, eps, eps_hat = (RNG.normal(size=(4, D)) for _ in range(3))
+    mu, eps, eps_hat = np.random.default_rng(100).normal(size=(3, 4, D))
     w = np.array([0.3, 0.5, 1.2, 2.0])
     got = red_diff_gradient(jnp.asarray(mu), jnp.asarray(eps), jnp.asarray(eps_hat), operator=op, y=jnp.asarray(y),
                             weight=jnp.asarray(w), lmbda=0.25, obs_weight=1.5)  # fmt: skip
@@ -57,7 +57,7 @@ def test_gradient_is_the_hand_derived_expression(kind):
 
 
 def test_the_loss_gradient_never_enters_the_network():
-    mu, eps = (jnp.asarray(RNG.normal(size=(4, D))) for _ in range(2))
+    mu, eps = jnp.asarray(np.random.default_rng(101).normal(size=(2, 4, D)))
     t = 0.3
     kwargs = dict(operator=OP, y=Y, weight=snr_weight("linear", SCHED, t), lmbda=0.25, obs_weight=1.0)
     x_t = SCHED.alpha(t) * mu + SCHED.sigma(t) * eps
@@ -110,7 +110,7 @@ def test_lambda_zero_keeps_the_pseudo_inverse():
     coordinate's step to about lr once the gradient exceeds its epsilon (1e-8), walks away by ~1e-3
     (measured 5e-3 here): a property of Adam at a minimum, not of the gradient."""
     mask = np.array([1.0, 0.0, 1.0])
-    y = jnp.asarray(mask * RNG.normal(size=D))
+    y = jnp.asarray(mask * np.random.default_rng(102).normal(size=D))
     x_T = jnp.zeros((4, D))
     scaled_selection = operators.matrix([[2.0, 0.0, 0.0], [0.0, 0.0, 0.5]], (D,))
     cases = [(operators.inpainting(mask), y, y), (scaled_selection, Y, jnp.array([Y[0] / 2, 0.0, 2 * Y[1]]))]
@@ -157,12 +157,12 @@ def test_frozen_t_fixed_point_of_the_expected_gradient(t):
 
         return jax.lax.fori_loop(0, 4000, body, mu)
 
-    mu = descend(jnp.asarray(RNG.normal(size=(2, D))))
+    mu = descend(jnp.asarray(np.random.default_rng(103).normal(size=(2, D))))
     np.testing.assert_allclose(mu, np.broadcast_to(want, (2, D)), rtol=0, atol=1e-8)
 
 
 def test_samples_do_not_couple():
-    ys = jnp.asarray(RNG.normal(size=(4, 2)))
+    ys = jnp.asarray(np.random.default_rng(104).normal(size=(4, 2)))
     x_T = jnp.zeros((4, D))
     first, _ = dj.sample(red_diff(OP, ys), DEN, TS, jax.random.key(5), x_T)
     second, _ = dj.sample(red_diff(OP, ys.at[1:].set(10.0 * ys[1:])), DEN, TS, jax.random.key(5), x_T)
