@@ -8,23 +8,59 @@ memory maps (vm.max_map_count, 65530 by default) and crash a late compilation.
 
 Tests that share an expensive module fixture (a trained run) are put in one pytest-xdist group, so
 that with `-n 2 --dist loadgroup` (setup.cfg) one worker trains it once instead of both training it.
+
+Commands the tests start (experiments, notebook kernels) share one persistent compilation cache for
+the session, so a command run again (resumed, re-run, or the same config in another test) does not
+compile its programs again; the test processes themselves keep it off (they compile thousands of
+small programs once each, and writing them all out would cost more than it saves).
 """
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_compilation_cache", False)
+
+_CACHE_VARS = {"JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
+_created_cache = []
+
+
+def pytest_configure(config):
+    # runs in the xdist controller before the workers start, so they and their commands inherit it
+    if not _CACHE_VARS & os.environ.keys():
+        _created_cache.append(tempfile.mkdtemp(prefix="diffjax-tests-compilation-cache-"))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _created_cache[0]
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    for path in _created_cache:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # module fixtures that train -> their group (fixtures used together by one test share a group)
 SHARED_RUNS = {"digits_run": "digits", "digits_classifier": "digits", "ensemble_runs": "digits", "moons_run": "moons"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = sorted({SHARED_RUNS[f] for f in getattr(item, "fixturenames", ()) if f in SHARED_RUNS})
         if groups:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{groups[0]}"))
+
+
+def pytest_collection_finish(session):
+    # pytest 9.2 moved the node id that xdist's loadgroup rewrites, and the groups were silently dropped
+    if session.config.getvalue("loadgroup"):
+        marked = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
+        lost = [nodeid for nodeid in marked if "@" not in nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist dropped the xdist_group of {lost[0]} (pytest/xdist versions?)")
 
 
 @pytest.fixture(autouse=True, scope="module")
