@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(items):
 
 def pytest_collection_finish(session):
     # pytest 9.2 moved the node id that xdist's loadgroup rewrites, and the groups were silently dropped
-    if session.config.getvalue("loadgroup"):
+    if session.config.getoption("loadgroup", default=False):
         marked = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
         lost = [nodeid for nodeid in marked if "@" not in nodeid]
         if lost:

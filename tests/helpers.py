@@ -1,10 +1,21 @@
-"""Shared fixtures for the tests: schedules of every kind and a small exact mixture."""
+"""Shared test helpers: trace counting, schedules of every kind and a small exact mixture."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import diffjax as dj
+
+
+def counting_jit(fn):
+    """jax.jit(fn) and a list whose length is the number of times fn was traced."""
+    traces = []
+
+    def traced(*args):
+        traces.append(None)
+        return fn(*args)
+
+    return jax.jit(traced), traces
 
 
 def all_schedules():

@@ -268,7 +268,11 @@ def test_invert_experiment_rejects_bad_configs_in_one_line(override, message):
 
 SMALL_IMAGE_RUNS = {  # config -> overrides that keep a 2-step run small
     "configs/train.py:digits_dit": ["--config.model.args.hidden_size=32", "--config.model.args.depth=2"],
-    "configs/train.py:shapes_unet": ["--config.model.args.channels=16", "--config.model.args.num_res_blocks=1"],
+    "configs/train.py:shapes_unet": [
+        "--config.model.args.channels=16",
+        "--config.model.args.num_res_blocks=1",
+        "--config.model.args.channel_mults=(1, 2)",
+    ],  # fmt: skip
     "configs/classifier.py:shapes": ["--config.model.args.channels=16"],
     "configs/classifier.py:digits_noisy": ["--config.model.args.channels=16"],
 }

@@ -8,6 +8,7 @@ import pytest
 
 import diffjax as dj
 from diffjax.steering import rewards, twists, verifiers
+from helpers import counting_jit
 
 X = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
 RTOL = 1e-6  # the classifier computes in float32: jit and eager round differently
@@ -22,17 +23,6 @@ def classifier(seed=1, time_conditioned=False):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     return module, tree.unflatten([a + 0.1 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
-
-
-def counting_jit(fn):
-    """jax.jit(fn) and a list whose length is the number of times fn was traced."""
-    traces = []
-
-    def traced(*args):
-        traces.append(None)
-        return fn(*args)
-
-    return jax.jit(traced), traces
 
 
 def assert_same_program(a, b):

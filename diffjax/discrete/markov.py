@@ -158,6 +158,36 @@ class MarkovDenoiser(Value):
         return self.chain.posterior_marginals(z)
 
 
+@struct.dataclass(eq=False)
+class JointDraws(Value):
+    """FFBS draws from the chain's joint posterior given z: an x0 sampler for FK steering
+    (`diffjax.discrete.predicted`); build it with `joint_draws`."""
+
+    chain: MarkovChain
+
+    def __call__(self, key, z, log_mu, num: int):
+        """num joint posterior draws (num, N, L) given the visible tokens of z; log_mu is unused."""
+        del log_mu
+        return jax.vmap(lambda k: self.chain.posterior_sample(k, z))(jax.random.split(key, num))
+
+
+def joint_draws(chain: MarkovChain) -> JointDraws:
+    """The chain's FFBS posterior sampler as FK's x0 sampler (`fk_steer(..., x0_sampler=...)`).
+
+    With it the many-sample reward log (1/M) sum_j exp r(x0_j) converges to the exact
+    log E[exp r(x0) | z_t] as M grows, where the default product-of-marginals draws do not.
+
+    Args:
+      chain: the `MarkovChain` whose posterior to draw (the one the denoiser is exact for).
+
+    Returns:
+      A `JointDraws` value (the chain's arrays are its leaves).
+    """
+    if not isinstance(chain, MarkovChain):
+        raise ValueError(f"chain must be a MarkovChain (markov_chain(...)), got {chain!r}")
+    return JointDraws(chain)
+
+
 def markov_chain(pi, trans, length: int) -> MarkovChain:
     """A first-order Markov chain p(x) = pi(x_1) prod_l P(x_l, x_{l+1}) of `length` tokens.
 

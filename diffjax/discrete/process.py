@@ -40,7 +40,7 @@ def check_tokens(name: str, x, vocab_size: int, *, allow_mask: bool = False, len
     shape = np.shape(x)
     if len(shape) != 2:
         raise ValueError(f"{name} must be a (batch, length) token array, got shape {shape}")
-    dtype = getattr(x, "dtype", np.asarray(x).dtype)
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     if not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(f"{name} must hold integer token ids, got dtype {dtype}")
     if length is not None and shape[1] != length:

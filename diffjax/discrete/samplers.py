@@ -25,16 +25,17 @@ Every sampler runs as one `lax.scan` inside one `jit` (`diffjax.sampling.run_ste
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from diffjax import _checks
 from diffjax.discrete.process import check_denoiser, check_tokens
 from diffjax.sampling import SampleInfo, run_steps
-from diffjax.solvers.base import Solver, StepInfo, solver_value
+from diffjax.solvers.base import Solver, StepInfo, solver_value, take
 
 
 def uniform_grid(num_steps: int, *, t_start: float = 1.0, t_end: float = 1e-5):
@@ -82,16 +83,30 @@ class TokenState(NamedTuple):
     nfe: jax.Array  # int32 scalar
 
 
-def ancestral_update(key, z, log_mu, alpha_t, alpha_s):
-    """One exact reverse step t -> s of the masked process: z_s (B, L) from z_t and log mu (B, L, V)."""
-    vocab_size = log_mu.shape[-1]
+def reverse_log_weights(log_mu, alpha_t, alpha_s):
+    """The V + 1 log-probabilities (..., V + 1) of a masked token's next value in the exact reverse
+    step t -> s: v with (alpha_s - alpha_t)/(1 - alpha_t) mu(v), the mask (last) with (1 - alpha_s)/(1 - alpha_t)."""
     dtype = log_mu.dtype
     alpha_t, alpha_s = jnp.asarray(alpha_t, dtype), jnp.asarray(alpha_s, dtype)
     log_denom = jnp.log1p(-alpha_t)
     log_stay = jnp.log1p(-alpha_s) - log_denom
     log_move = jnp.log(alpha_s - alpha_t) - log_denom
-    weights = jnp.concatenate([log_mu + log_move, jnp.broadcast_to(log_stay, log_mu.shape[:-1] + (1,))], axis=-1)
-    draw = jax.random.categorical(key, weights, axis=-1).astype(z.dtype)
+    return jnp.concatenate([log_mu + log_move, jnp.broadcast_to(log_stay, log_mu.shape[:-1] + (1,))], axis=-1)
+
+
+def ancestral_update(key, z, log_mu, alpha_t, alpha_s):
+    """One exact reverse step t -> s of the masked process: z_s (B, L) from z_t and log mu (B, L, V)."""
+    draw = jax.random.categorical(key, reverse_log_weights(log_mu, alpha_t, alpha_s), axis=-1).astype(z.dtype)
+    return jnp.where(z == log_mu.shape[-1], draw, z)
+
+
+def ancestral_update_from_uniforms(u, z, log_mu, alpha_t, alpha_s):
+    """The same step with the randomness given: masked token l takes the value whose cumulative
+    probability first exceeds u_l (inverse CDF; u (B, L) uniform on [0, 1)). The same law as
+    `ancestral_update`; a deterministic map from u, which is what a search over noises needs."""
+    cdf = jnp.cumsum(jax.nn.softmax(reverse_log_weights(log_mu, alpha_t, alpha_s), axis=-1), axis=-1)
+    vocab_size = log_mu.shape[-1]
+    draw = jnp.minimum(jnp.sum(cdf <= u[..., None], axis=-1), vocab_size).astype(z.dtype)
     return jnp.where(z == vocab_size, draw, z)
 
 
@@ -112,11 +127,23 @@ class Ancestral(Solver):
     def stochastic(self) -> bool:
         return True
 
+    @property
+    def token_states(self) -> bool:
+        return True
+
     def init(self, x, timesteps, vocab_size: int = 0, dtype=None):
         del timesteps
+        if self.caching and not vocab_size:
+            raise ValueError("an ancestral(caching=True) sampler needs init(..., vocab_size=V) for its cache")
         dtype = dtype or jnp.result_type(float)
         cache = jnp.zeros(x.shape + (vocab_size,) if self.caching else (0,), dtype)
         return TokenState(x, cache, jnp.asarray(False), jnp.asarray(0, jnp.int32))
+
+    def gather(self, state, ancestors):
+        """The tokens (and cached predictions) of particle `ancestors[j]`; the cache is marked stale
+        (a resampled batch has changed), the call count kept."""
+        cache = take(state.cache, ancestors) if self.caching else state.cache
+        return TokenState(take(state.x, ancestors), cache, jnp.asarray(False), state.nfe)
 
     def _log_mu(self, state, t, denoise):
         if not self.caching:
@@ -202,6 +229,62 @@ def sample(sampler: Ancestral, denoiser, timesteps, key, z, *, noise_removal: bo
     _checks.typed_key("key", key)
     check_tokens("z", z, denoiser.vocab_size, allow_mask=True)
     return _sample(sampler, denoiser, jnp.asarray(timesteps), key, jnp.asarray(z, jnp.int32), bool(noise_removal))
+
+
+@struct.dataclass
+class TokenGenerator:
+    """The ancestral sampler as a deterministic map from standard-normal noise to token sequences, for
+    the searches of `diffjax.steering.search` (`random_search`, `zero_order_search`, golden seeds).
+    Build it with `generator`.
+
+    `fn(noise, cond)`: noise (N, T, L) ~ N(0, I) drives step i through u = Phi(noise[:, i]) and
+    `ancestral_update_from_uniforms` (the same law as `sample`); noise removal after the last step.
+    Returns ((N, L) int32 tokens, NFE per sequence = T (+ 1 with noise removal)).
+    """
+
+    sampler: Ancestral
+    denoiser: Any
+    timesteps: jax.Array
+    noise_removal: bool = struct.field(pytree_node=False, default=True)
+
+    def fn(self, noise, cond):
+        den = self.denoiser if cond is None else self.denoiser.replace(cond=cond)
+        ts, sched, s = self.timesteps, self.denoiser.schedule, self.sampler
+        x = jnp.full((noise.shape[0], noise.shape[2]), den.vocab_size, jnp.int32)
+
+        def step(x, inputs):
+            t, t_next, z = inputs
+            probs = reshape_probs(den(x, t), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+            u = jax.scipy.special.ndtr(z.astype(probs.dtype))
+            return ancestral_update_from_uniforms(u, x, probs, sched.alpha(t), sched.alpha(t_next)), None
+
+        x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:], jnp.moveaxis(noise, 1, 0)))
+        if self.noise_removal:
+            x = _noise_removal(x, den(x, ts[-1]))
+        return x, jnp.asarray(ts.shape[0] - 1 + int(self.noise_removal), jnp.int32)
+
+
+def generator(sampler: Ancestral, denoiser, timesteps, *, noise_removal: bool = True) -> TokenGenerator:
+    """A search generator of token sequences: noise of shape (T, L) per candidate -> (L,) tokens.
+
+    Every candidate starts fully masked; pass `shape=(B, T, L)` to `random_search` or
+    `zero_order_search` (T = len(timesteps) - 1). Neighbouring noises give related sequences: the
+    map is the inverse CDF of every step's categorical.
+
+    Args:
+      sampler: an `ancestral(...)` value (temperature, top-k, top-p are used; caching is not).
+      denoiser: a masked-diffusion denoiser (its parameters are data of the generator).
+      timesteps: the decreasing grid.
+      noise_removal: argmax any mask left after the last step (one more call).
+
+    Returns:
+      A `TokenGenerator` value.
+    """
+    if not isinstance(sampler, Ancestral):
+        raise ValueError(f"sampler must be an ancestral(...) value, got {sampler!r}")
+    check_denoiser("denoiser", denoiser)
+    _checks.grid(timesteps)
+    return TokenGenerator(sampler, denoiser, jnp.asarray(timesteps), bool(noise_removal))
 
 
 class HittingState(NamedTuple):

@@ -101,6 +101,12 @@ class Solver(abc.ABC):
         """Whether `step` draws noise from its key."""
         return False
 
+    @property
+    def token_states(self) -> bool:
+        """Whether states are integer token arrays (masked diffusion, `diffjax.discrete`); then the
+        `StepInfo.x0` of a step is the log-probabilities of the clean tokens, (N, L, V)."""
+        return False
+
     def gather(self, state, ancestors):
         """The state of particle `ancestors[j]` for every j: every per-particle leaf taken along its
         particle axis. The default serves states whose per-particle leaves all lead with the batch
@@ -226,6 +232,10 @@ class Wrapper(Solver):
     @property
     def stochastic(self):
         return self.inner.stochastic
+
+    @property
+    def token_states(self):
+        return self.inner.token_states
 
     def gather(self, state, ancestors):
         return self.inner.gather(state, ancestors)

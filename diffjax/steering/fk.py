@@ -32,6 +32,13 @@ N(m, s^2 I) (s = `x0_std`): M reward calls per scheduled step, no extra network 
 Non-finite rewards give log G = -inf: the particle is
 never chosen again, and it never turns into NaN samples.
 
+Token sequences (masked diffusion, a solver with `token_states`, e.g. `diffjax.discrete.ancestral()`
+with a `diffjax.discrete` denoiser) run through the same kernel: particles are (N, L) int32 states,
+the step's x0 is log mu_theta (N, L, V), and the intermediate reward is r on its argmax
+(`reward_on="x0"`), on the new state (`"xt"`, masks included), or FK's log-mean-exp over M draws of
+an x0 sampler (`"many"`: per-position draws by default, `x0_sampler=` for others such as the
+Markov chain's exact joint posterior; `diffjax.discrete.predicted`).
+
 Resampling needs the whole solver state of a particle: the solver declares how to take it at
 the ancestors (`Solver.gather`: the sample, multistep histories, time_shift's per-sample times).
 
@@ -52,6 +59,8 @@ from flax import struct
 
 from diffjax import _checks
 from diffjax.arrays import as_pytree, noise_like, per_particle
+from diffjax.discrete.predicted import argmax_tokens, marginal_draws
+from diffjax.discrete.process import check_denoiser as check_masked_denoiser
 from diffjax.sampling import check_denoiser, check_steps, run_steps
 from diffjax.solvers.base import Solver, check_solver
 from diffjax.steering import resampling
@@ -93,12 +102,22 @@ def _safe_reward(r):
     return jnp.where(jnp.isfinite(r), r, -jnp.inf)
 
 
+def _log_mean_exp(rewards):
+    return jax.nn.logsumexp(rewards, axis=0) - jnp.log(rewards.shape[0])
+
+
 def many_sample_reward(reward: Callable, key, x0, cond, std, num_samples: int):
     """log (1/M) sum_j exp r(x0 + std z_j, cond), z_j ~ N(0, I), one reward call per j
     (`jax.lax.map`); non-finite rewards count as -inf."""
     draw = lambda key: _safe_reward(reward(x0 + std * noise_like(key, x0), cond))  # noqa: E731
-    rewards = jax.lax.map(draw, jax.random.split(key, num_samples))
-    return jax.nn.logsumexp(rewards, axis=0) - jnp.log(num_samples)
+    return _log_mean_exp(jax.lax.map(draw, jax.random.split(key, num_samples)))
+
+
+def drawn_sample_reward(reward: Callable, x0_sampler: Callable, key, x_t, x0, cond, num_samples: int):
+    """log (1/M) sum_j exp r(x0_j, cond) over the M draws `x0_sampler(key, x_t, x0, M)` (M, N, ...),
+    one reward call per draw (`jax.lax.map`); non-finite rewards count as -inf."""
+    draws = x0_sampler(key, x_t, x0, num_samples)
+    return _log_mean_exp(jax.lax.map(lambda x: _safe_reward(reward(x, cond)), draws))
 
 
 class FKState(NamedTuple):
@@ -150,23 +169,34 @@ class FK:
     num_x0_samples: int = struct.field(pytree_node=False, default=4)
     resampler: str = struct.field(pytree_node=False, default="systematic")
     drop_weights: bool = struct.field(pytree_node=False, default=False)
+    x0_sampler: Any = None
 
     def init(self, x_T, timesteps) -> FKState:
         """The state at timesteps[0] for flat particles x_T (B K, *event), all weights equal."""
         n = x_T.shape[0]
         b = n // self.num_particles
-        zeros = jnp.zeros(n, x_T.dtype)
+        dtype = x_T.dtype if jnp.issubdtype(x_T.dtype, jnp.floating) else jnp.result_type(float)
+        zeros = jnp.zeros(n, dtype)
         return FKState(self.solver.init(x_T, timesteps), zeros, PotentialState(zeros, zeros, zeros, zeros),
-                       jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32), jnp.int32(0))  # fmt: skip
+                       jnp.zeros(b, dtype), jnp.zeros(b, jnp.int32), jnp.int32(0))  # fmt: skip
 
-    def _potential(self, pot, x, key, t, schedule, cond, dtype):
-        """(log G (N,), new potential state) from the intermediate reward on x."""
-        if self.reward_on == "many":
-            alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-            std = self.x0_std * sigma / jnp.sqrt(alpha**2 * self.x0_std**2 + sigma**2)
-            r = many_sample_reward(self.reward, key, x, cond, std, self.num_x0_samples).astype(dtype)
-        else:
-            r = _safe_reward(self.reward(x, cond).astype(dtype))
+    def _intermediate_reward(self, x_t, x_new, x0, key, t, schedule, cond):
+        """r_i of a scheduled step from its start x_t, its new state and its x0 (`reward_on`)."""
+        tokens = self.solver.token_states
+        if self.reward_on == "xt":
+            return self.reward(x_new, cond)
+        if self.reward_on == "x0":
+            return self.reward(argmax_tokens(x0) if tokens else x0, cond)
+        if self.x0_sampler is not None or tokens:
+            x0_sampler = marginal_draws if self.x0_sampler is None else self.x0_sampler
+            return drawn_sample_reward(self.reward, x0_sampler, key, x_t, x0, cond, self.num_x0_samples)
+        alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+        std = self.x0_std * sigma / jnp.sqrt(alpha**2 * self.x0_std**2 + sigma**2)
+        return many_sample_reward(self.reward, key, x0, cond, std, self.num_x0_samples)
+
+    def _potential(self, pot, r, dtype):
+        """(log G (N,), new potential state) from the intermediate reward r."""
+        r = _safe_reward(r.astype(dtype))
         log_g_fn = POTENTIALS[self.potential] if isinstance(self.potential, str) else self.potential
         log_g = log_g_fn(pot, r, self.lmbda)
         log_g = jnp.where(jnp.isfinite(r) & ~jnp.isnan(log_g), log_g, -jnp.inf)
@@ -192,21 +222,22 @@ class FK:
         dtype = state.log_weights.dtype
         step_fn = self.solver.step_at(i, num_steps)
         solver_state, info = step_fn(state.solver, key_solver, timesteps[i], timesteps[i + 1], denoiser)
-        x_reward = solver_state.x if self.reward_on == "xt" else info.x0
+        inputs = (state.solver.x, solver_state.x, info.x0, key_reward)
 
-        def potential(pot, x, key):
-            return self._potential(pot, x, key, timesteps[i], denoiser.schedule, cond, dtype)
+        def potential(pot, inputs):
+            r = self._intermediate_reward(*inputs, timesteps[i], denoiser.schedule, cond)
+            return self._potential(pot, r, dtype)
 
-        def skip(pot, x, key):
-            del x, key
+        def skip(pot, inputs):
+            del inputs
             return jnp.zeros_like(state.log_weights), pot
 
         if isinstance(i, int):  # an unrolled step: the schedule is known here
             scheduled = self.resample_steps[i]
-            log_g, pot = (potential if scheduled else skip)(state.potential, x_reward, key_reward)
+            log_g, pot = (potential if scheduled else skip)(state.potential, inputs)
         else:  # rewards cost only at scheduled steps
             scheduled = jnp.asarray(self.resample_steps)[i]
-            log_g, pot = jax.lax.cond(scheduled, potential, skip, state.potential, x_reward, key_reward)
+            log_g, pot = jax.lax.cond(scheduled, potential, skip, state.potential, inputs)
         log_w = state.log_weights + log_g
         out = resampling.resample_flat(key_resample, log_w, self.num_particles, scheduled, self.threshold,
                                        resampling.RESAMPLERS[self.resampler])  # fmt: skip
@@ -252,6 +283,7 @@ def fk(
     schedule: resampling.Schedule | None = None,
     resampler: str = "systematic",
     drop_weights: bool = False,
+    x0_sampler: Callable | None = None,
 ) -> FK:
     """The FK steering kernel (`FK`) for a grid of `num_steps` steps; the arguments are `fk_steer`'s.
 
@@ -267,6 +299,10 @@ def fk(
     _checks.one_of("resampler", resampler, tuple(resampling.RESAMPLERS))
     num_particles = _checks.positive_int("num_particles", num_particles)
     num_steps = _checks.positive_int("num_steps", num_steps)
+    if x0_sampler is not None and not callable(x0_sampler):
+        raise ValueError(
+            f"x0_sampler must be callable as x0_sampler(key, x_t, x0, num) -> (num, N, ...), got {x0_sampler!r}"
+        )
     schedule = default_schedule(potential, num_steps) if schedule is None else schedule
     if len(schedule.steps) != num_steps:
         raise ValueError(f"schedule must cover the grid's {num_steps} steps, got {len(schedule.steps)}")
@@ -283,6 +319,7 @@ def fk(
         num_x0_samples=_checks.positive_int("num_x0_samples", num_x0_samples),
         resampler=resampler,
         drop_weights=bool(drop_weights),
+        x0_sampler=x0_sampler,
     )
 
 
@@ -324,6 +361,7 @@ def fk_steer(
     cond=None,
     reward_chunk: int | None = None,
     drop_weights: bool = False,
+    x0_sampler: Callable | None = None,
 ) -> Particles:
     """Feynman–Kac steering (Singhal et al. 2025) of `solver` towards p(x0 | c) exp(lmbda r(x0, c))
     with K particles per condition, as one compiled program (the `FK` kernel driven by
@@ -343,8 +381,8 @@ def fk_steer(
       lmbda: the tilt's strength (data: a new value reuses the compiled program).
       potential: "diff" (default), "max", "sum", "rt" (module docstring) or a callable
         `(potential_state, r_i, lmbda) -> log G_i`.
-      reward_on: "x0" (Tweedie's x0-hat of the step), "xt" (the new state) or "many" (FK's
-        many-sample reward).
+      reward_on: "x0" (Tweedie's x0-hat of the step; for tokens, the argmax of mu_theta), "xt"
+        (the new state) or "many" (FK's many-sample reward).
       num_x0_samples: M of the many-sample reward.
       x0_std: the data std s of the many-sample reward's posterior variance.
       schedule: when to resample (`resampling.resampling_schedule`); default `default_schedule`:
@@ -355,12 +393,23 @@ def fk_steer(
       reward_chunk: evaluate the reward on this many particles at a time (`rewards.chunked`).
       drop_weights: reproduce the official FK code's bug (weights discarded when a scheduled step
         does not resample); exists for the tests.
+      x0_sampler: the draws of the many-sample reward, `x0_sampler(key, x_t, x0, M) -> (M, N, ...)`
+        (a value); default Gaussian draws around x0-hat, or per-position draws for tokens
+        (`diffjax.discrete.predicted`).
+
+    Token sequences: x_T (B, K, L) int32 (the mask id V where free, a prompt elsewhere), a solver
+    with `token_states` (`diffjax.discrete.ancestral()`) and a masked-diffusion denoiser; rewards
+    take (N, L) tokens. Use a grid ending at t = 0 with alpha(0) = 1 (e.g.
+    `discrete.uniform_grid(n, t_end=0.0)` under `log_linear`) so that no mask is left at the end.
 
     Returns:
       `Particles` (B conditions x K): read them with `weighted`, `resampled` or `best_of`.
     """
     check_solver("solver", solver)
-    check_denoiser(denoiser)
+    if solver.token_states:
+        check_masked_denoiser("denoiser", denoiser)
+    else:
+        check_denoiser(denoiser)
     check_run(timesteps, key, x_T, schedule, resampler)
     b, k = jnp.shape(x_T)[:2]
     if reward_chunk is not None:
@@ -372,14 +421,15 @@ def fk_steer(
     check_steps(solver, timesteps)
     kernel = fk(solver, reward, lmbda=lmbda, num_particles=k, num_steps=num_steps, potential=potential,
                 reward_on=reward_on, num_x0_samples=num_x0_samples, x0_std=x0_std, schedule=schedule,
-                resampler=resampler, drop_weights=drop_weights)  # fmt: skip
+                resampler=resampler, drop_weights=drop_weights, x0_sampler=x0_sampler)  # fmt: skip
     x_T = jnp.asarray(x_T)
     cond = per_particle(cond, k)
     if cond is not None:
         denoiser = denoiser.replace(cond=cond)
     particles = _fk_steer(kernel, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]),
                           cond)  # fmt: skip
-    if _checks.is_concrete(particles.x) and k > 1 and bool(jnp.any(particles.resampled)):
+    # identical token sequences are expected (few values); only continuous copies signal a deterministic solver
+    if not solver.token_states and _checks.is_concrete(particles.x) and k > 1 and bool(jnp.any(particles.resampled)):
         flat = particles.x.reshape(b, k, -1)
         same = jnp.all(flat[:, :, None] == flat[:, None, :], axis=-1) & ~jnp.eye(k, dtype=bool)
         if bool(jnp.any(same)):

@@ -118,6 +118,13 @@ def _evaluate(generator, verifier, z, cond):
     return x.reshape(z.shape[:2] + x.shape[1:]), _scores(verifier, x, c).reshape(b, n), jnp.asarray(nfe, jnp.int32)
 
 
+def _no_samples(generator, noise, cond):
+    """Zeros of the generator's output for noise (B, *noise_event): its shape and dtype, which need not
+    be the noise's (token generators map (T, L) noise to (L,) int32 sequences)."""
+    out = jax.eval_shape(lambda z: generator.fn(z, per_particle(cond, 1))[0], noise)
+    return jnp.zeros(out.shape, out.dtype)
+
+
 def _pick(a, index):
     """a (B, N, ...) at index (B,) -> (B, ...)."""
     return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 1)), axis=1)[:, 0]
@@ -152,7 +159,8 @@ def _random_search(generator, verifier, key, shape, num_candidates, rounds, cond
         return best, (best[1], i + r * num_candidates)
 
     dtype = jnp.result_type(float)
-    init = (jnp.zeros(shape, dtype), jnp.full(b, -jnp.inf, dtype), jnp.zeros(shape, dtype), jnp.int32(0))
+    no_noise = jnp.zeros(shape, dtype)
+    init = (_no_samples(generator, no_noise, cond), jnp.full(b, -jnp.inf, dtype), no_noise, jnp.int32(0))
     (x, score, noise, nfe), (trace, chosen) = jax.lax.scan(round_, init, jnp.arange(rounds))
     return SearchResult(x, score, noise, trace, rounds * num_candidates * nfe, chosen)
 
@@ -200,7 +208,7 @@ def _zero_order(generator, verifier, key, pivot, rounds, num_neighbors, cosine, 
         return (_pick(candidates, i), (_pick(x, i), _pick(s, i), nfe)), (_pick(s, i), i)
 
     b = pivot.shape[0]
-    init = (pivot, (jnp.zeros_like(pivot), jnp.full(b, -jnp.inf, pivot.dtype), jnp.int32(0)))
+    init = (pivot, (_no_samples(generator, pivot, cond), jnp.full(b, -jnp.inf, pivot.dtype), jnp.int32(0)))
     (pivot, (x, score, nfe)), (trace, chosen) = jax.lax.scan(round_, init, jnp.arange(rounds))
     return SearchResult(x, score, pivot, trace, rounds * (num_neighbors + 1) * nfe, chosen)
 
