@@ -4,13 +4,18 @@ r"""Train a diffusion model from a config; resume from the newest readable check
     python experiments/train.py --config=configs/train.py:digits_unet --workdir=runs/digits \
         --config.optim.total_steps=2000
     python experiments/train.py --config=configs/classifier.py:digits --workdir=runs/digits_classifier
+    python experiments/train.py --config=configs/train.py:text --workdir=runs/text
 
 Data parallel over a 'data' mesh of `config.num_devices` devices (0: all). Writes to --workdir:
 checkpoints (Orbax, config JSON beside each), `log.jsonl`, TensorBoard events in `tb/`, samples
 `samples_<step>.png` with their arrays `samples_<step>.npz` (`dj.training.draw_samples`; a run
 loaded with `dj.training.load_run(workdir)` redraws them bit-identically on the CPU), `loss.png`,
 and `final.json` (parameter digests; toy sets: sliced W2 to fresh data; classifiers: accuracy on
-held-out data). Killing the run and starting the same command again continues it bit-identically
+held-out data). A masked-diffusion run (`configs/train.py:text`) writes its samples as text,
+`samples_<step>.txt` (each sequence under a `--- sample <i>` line), beside `samples_<step>.npz`, and
+its `final.json` adds the held-out NELBO in bits per token with its standard error, the unigram
+baseline and the bigram perplexities of the samples and of held-out text
+(`dj.discrete.evaluate.run_metrics`). Killing the run and starting the same command again continues it bit-identically
 (on the CPU): batches and keys depend on the step only. Starting a finished command again prints
 its `final.json` and writes nothing; a larger `config.optim.total_steps` continues it. A workdir
 holding another model (`dj.training.build.MODEL_FIELDS` differ) is refused: exit code 2 and one
@@ -33,6 +38,8 @@ from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 import diffjax as dj
+from diffjax.data import text
+from diffjax.discrete import evaluate
 from diffjax.training import build, checkpoints
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config", lock_config=True)
@@ -81,9 +88,19 @@ def finished(workdir, step, total):
     return final if final.get("step") == total else None
 
 
-def save_samples(workdir, samples, step):
-    """`samples_<step>.png` (a grid or scatter plot) and the arrays as `samples_<step>.npz` (key "samples")."""
-    plots.save_samples(os.path.join(workdir, f"samples_{step}.png"), samples, f"step {step} (EMA)")
+def sample_text(tokens):
+    """Token sequences (N, L) as text: each decoded sequence under a line `--- sample <i>`."""
+    return "".join(f"--- sample {i}\n{s}\n" for i, s in enumerate(text.decode(tokens)))
+
+
+def save_samples(workdir, samples, step, tokens=False):
+    """`samples_<step>.png` (a grid or scatter plot), or `samples_<step>.txt` for token sequences, and the
+    arrays as `samples_<step>.npz` (key "samples")."""
+    if tokens:
+        with open(os.path.join(workdir, f"samples_{step}.txt"), "w") as f:
+            f.write(sample_text(samples))
+    else:
+        plots.save_samples(os.path.join(workdir, f"samples_{step}.png"), samples, f"step {step} (EMA)")
     np.savez(os.path.join(workdir, f"samples_{step}.npz"), samples=samples)
 
 
@@ -94,8 +111,12 @@ def main(argv):
     if config is None:
         raise ValueError("--config is required, e.g. --config=configs/train.py:moons")
     classifier = build.task(config) == "classifier"
+    masked = build.task(config) == "masked_diffusion"
     mesh = dj.parallel.data_mesh(config.num_devices or None)
     data, training, module = build.build(config, mesh)
+    if masked:  # checked now rather than after training
+        passes = dj._checks.positive_int("config.evaluation.passes", config.evaluation.passes, 2)
+        eval_batch = dj._checks.positive_int("config.evaluation.batch_size", config.evaluation.batch_size)
     step_fn = dj.training.make_train_step(
         training.loss, build.build_train_apply(config, module), training.optimizer, training.ema
     )
@@ -165,7 +186,7 @@ def main(argv):
         if done % config.checkpoint_every == 0 or done == total:
             checkpoints.save(mngr, state, config_json, force=done == total)
         if not classifier and done < total and config.sample_every and done % config.sample_every == 0:
-            save_samples(workdir, dj.training.draw_samples(live_run(state), step=done), done)
+            save_samples(workdir, dj.training.draw_samples(live_run(state), step=done), done, masked)
     progress.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -186,7 +207,12 @@ def main(argv):
         final.update({f"{name}_accuracy": float(np.mean(predicted == labels)), f"{name}_size": len(labels)})
     if not classifier:
         samples = dj.training.draw_samples(live_run(state), step=total)
-        save_samples(workdir, samples, total)
+        save_samples(workdir, samples, total, masked)
+        if masked:  # the held-out NELBO (a fixed key) and the n-gram references
+            held_out = data.evaluation[0]
+            final.update(evaluate.run_metrics(live_run(state).denoiser, samples, data.train_x, held_out,
+                                              jax.random.key(0), passes=passes, batch_size=eval_batch,
+                                              t_min=config.loss.t_min))  # fmt: skip
         if data.fresh is not None and len(data.event_shape) == 1:  # toy 2-D: sliced W2 against fresh data
             fresh = lambda seed: np.asarray(data.fresh(jax.random.key(seed), config.sample.num))
             key = jax.random.key(0)

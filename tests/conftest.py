@@ -43,7 +43,13 @@ def pytest_unconfigure(config):
 
 
 # module fixtures that train -> their group (fixtures used together by one test share a group)
-SHARED_RUNS = {"digits_run": "digits", "digits_classifier": "digits", "ensemble_runs": "digits", "moons_run": "moons"}
+SHARED_RUNS = {
+    "digits_run": "digits",
+    "digits_classifier": "digits",
+    "ensemble_runs": "digits",
+    "moons_run": "moons",
+    "text_run": "text",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids

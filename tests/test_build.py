@@ -30,9 +30,11 @@ DATA_OPTIONS = {
     "digits": dict(size=8, conditional=True, split="train"),
     "shapes": dict(image_size=16, conditional=True),
     "npz": dict(path=None, conditional=True),  # path: a file the test writes
+    "text": dict(length=16, split="train"),
 }
-DATA_EVENTS = {"toy2d": (2,), "digits": (8, 8, 1), "shapes": (16, 16, 3), "npz": (4, 4, 2)}
-DATA_CLASSES = {"toy2d": None, "digits": 10, "shapes": dj.data.shapes.NUM_LABELS, "npz": 3}
+DATA_EVENTS = {"toy2d": (2,), "digits": (8, 8, 1), "shapes": (16, 16, 3), "npz": (4, 4, 2), "text": (16,)}
+DATA_CLASSES = {"toy2d": None, "digits": 10, "shapes": dj.data.shapes.NUM_LABELS, "npz": 3, "text": None}
+TOKEN_DATA = {"text"}  # int32 windows for masked diffusion; the others are float32 for the other tasks
 
 
 @pytest.mark.parametrize("name", sorted(dj.data.REGISTRY))
@@ -43,14 +45,16 @@ def test_every_data_set_in_the_registry_builds_and_batches(name, tmp_path):
         rng = np.random.default_rng(0)
         options["path"] = str(tmp_path / "data.npz")
         np.savez(options["path"], x=rng.normal(size=(20, 4, 4, 2)), y=np.arange(20) % 3)
-    config = _config()
+    config = _config("text") if name in TOKEN_DATA else _config()
     config.data = dict(name=name, **options)
     config.batch_size = 8
     data = build.build_data(config, dj.parallel.data_mesh(1))
     assert data.event_shape == DATA_EVENTS[name] and data.num_classes == DATA_CLASSES[name]
     assert data.null_label == data.num_classes
     x, labels = data.batches(0)
-    assert x.shape == (8, *DATA_EVENTS[name]) and x.dtype == jnp.float32
+    assert x.shape == (8, *DATA_EVENTS[name]) and x.dtype == (jnp.int32 if name in TOKEN_DATA else jnp.float32)
+    if name in TOKEN_DATA:
+        assert 0 <= int(x.min()) and int(x.max()) < build.TOKEN_DATA[name]  # no mask id in clean data
     assert (labels is None) == (DATA_CLASSES[name] is None)
     if labels is not None:
         assert labels.shape == (8,) and int(labels.max()) < data.num_classes
@@ -61,18 +65,30 @@ MODEL_ARGS = {  # name -> small args; every registry entry must have one here
     "unet": dict(channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4),
     "dit": dict(patch_size=2, hidden_size=16, depth=1, num_heads=2),
     "classifier": dict(channels=8, channel_mults=(1,), num_res_blocks=1, num_groups=4, feature_dim=8),
+    "token_transformer": dict(hidden_size=16, depth=1, num_heads=2, max_length=16, time_conditioned=False),
 }
 
 
 @pytest.mark.parametrize("name", sorted(dj.models.REGISTRY))
 def test_every_network_in_the_registry_builds_and_initialises(name):
     assert set(MODEL_ARGS) == set(dj.models.REGISTRY)
-    # the MLP on 2-D points (unconditional), the image networks on class-conditional digits
-    config = {"classifier": _config("digits", "classifier"), "mlp": _config("moons")}.get(name, _config())
+    # the MLP on 2-D points and the token network on text windows (unconditional), the image networks on
+    # class-conditional digits
+    configs = {
+        "classifier": _config("digits", "classifier"),
+        "mlp": _config("moons"),
+        "token_transformer": _config("text"),
+    }
+    config = configs.get(name, _config())
     config.model = dict(name=name, args=MODEL_ARGS[name], label_dropout=0.0)
     config.batch_size = 8
+    if name == "token_transformer":
+        config.data = dict(name="text", length=16, split="train")
     data, training, module = build.build(config, dj.parallel.data_mesh(1))
-    assert isinstance(module, dj.models.REGISTRY[name]) and module.num_classes == (None if name == "mlp" else 10)
+    unconditional = name in ("mlp", "token_transformer")
+    assert isinstance(module, dj.models.REGISTRY[name]) and module.num_classes == (None if unconditional else 10)
+    if name == "token_transformer":  # V comes from the data; the loss is the masked NELBO on its schedule
+        assert module.vocab_size == dj.data.text.VOCAB_SIZE and isinstance(training.loss, dj.discrete.MaskedNELBO)
     abstract = build.abstract_state(config, module, training.optimizer, data)
     state = build.initial_state(config, module, training.optimizer, data)
     shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
@@ -90,6 +106,34 @@ def test_registry_misses_and_unfit_options_name_the_field():
         build.build_data(_with(config, data=dict(name="toy2d", set="moons", conditional=True)))
     with pytest.raises(ValueError, match="config.model.args does not fit mlp"):
         build.build_model(_with(config, model=dict(name="mlp", args=dict(channels=3))), None, dj.schedules.vp_cosine())
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(task="diffusion"), r"config.data.name='text' \(token data\) does not fit config.task='diffusion'"),
+        (dict(model=dict(name="unet", args={})), r"config.model.name='unet' does not fit config.task='masked"),
+        (dict(schedule="vp_cosine"), r"config.schedule='vp_cosine' is a Gaussian schedule"),
+        (dict(loss=dict(t_min=1.0, antithetic=True)), r"config.loss.t_min must lie in \[0, 1\)"),
+        (dict(loss=dict(t_min=1e-3, antithetic="yes")), r"config.loss.antithetic must be True or False"),
+        (dict(data=dict(name="text", length=128, split="train")), r"config.model.args.max_length=64 must be >= .* 128"),
+    ],
+)  # fmt: skip
+def test_masked_diffusion_mismatches_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        build.build(_with(_config("text"), **fields), dj.parallel.data_mesh(1))
+
+
+def test_token_networks_take_v_from_the_data_and_caching_needs_a_time_agnostic_network():
+    config = _config("text")
+    args = dict(config.model.args)
+    with pytest.raises(ValueError, match=r"config.model.args.vocab_size is set by the data \(96\)"):
+        build.build(_with(config, model=dict(config.model, args=dict(args, vocab_size=50))))
+    timed = _with(config, model=dict(config.model, args=dict(args, time_conditioned=True)))
+    with pytest.raises(ValueError, match=r"config.sample.caching=True needs a time-agnostic network"):
+        build.build(timed)
+    _, _, module = build.build(_with(timed, sample=dict(config.sample, caching=False)))
+    assert module.time_conditioned and module.vocab_size == 96
 
 
 def _with(config, **fields):

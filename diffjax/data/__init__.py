@@ -28,6 +28,7 @@ REGISTRY = {
     "digits": digits.dataset,
     "shapes": shapes.dataset,
     "npz": arrays.dataset,
+    "text": text.dataset,
 }
 
 __all__ = [

@@ -36,6 +36,7 @@ REGISTRY = {
     "unet": UNet,
     "dit": DiT,
     "classifier": Classifier,
+    "token_transformer": TokenTransformer,
 }
 
 __all__ = [

@@ -1,11 +1,17 @@
 """Config -> objects for a training run: data, network, schedule, loss, optimizer and train state.
 
-The config is an `ml_collections.ConfigDict` with the fields of `configs/train.py` (denoisers) or
-`configs/classifier.py` (`task = "classifier"`). Every field is checked here before anything is
-traced; a bad value raises a ValueError that names the field (`config.model.name`, ...), its
-value and what is allowed. Names are looked up in registries: `config.data.name` in
-`diffjax.data.REGISTRY`, `config.model.name` in `diffjax.models.REGISTRY`, `config.schedule` in
-`diffjax.schedules.REGISTRY`, `config.loss.time_sampler` in `training.time_sampling.REGISTRY`.
+The config is an `ml_collections.ConfigDict` with the fields of `configs/train.py` (denoisers, and
+masked diffusion of text with `task = "masked_diffusion"`) or `configs/classifier.py`
+(`task = "classifier"`). Every field is checked here before anything is traced; a bad value raises
+a ValueError that names the field (`config.model.name`, ...), its value and what is allowed. Names
+are looked up in registries: `config.data.name` in `diffjax.data.REGISTRY`, `config.model.name` in
+`diffjax.models.REGISTRY`, `config.schedule` in `diffjax.schedules.REGISTRY` (in
+`diffjax.discrete.schedules.REGISTRY` for masked diffusion), `config.loss.time_sampler` in
+`training.time_sampling.REGISTRY`.
+
+Masked diffusion takes token data (`TOKEN_DATA`: int32 windows of ids in [0, V), the mask id V) and
+a token network (`models.TokenTransformer`, given V by the data); the other tasks take real-valued
+data and the other networks. The loss is `discrete.masked_nelbo`, the continuous NELBO.
 
     data, training, module = build(config, mesh)
     state = initial_state(config, module, training.optimizer, data)
@@ -23,10 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax import _checks, data, models, schedules, specs
+from diffjax import _checks, data, discrete, models, schedules, specs
 from diffjax.training import classifier, losses, optim, state, step
 
-TASKS = ("diffusion", "classifier")
+TASKS = ("diffusion", "classifier", "masked_diffusion")
+# Token data sets (windows of int32 ids in [0, V); the mask id is V): config.data.name -> V. They fit
+# config.task="masked_diffusion" only, and that task fits nothing else. (A `data.Dataset` does not
+# carry V, and `build_training` needs it from the config alone.)
+TOKEN_DATA = {"text": data.text.VOCAB_SIZE}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # What a checkpoint's parameters are parameters of: a run resumed in the same workdir must agree on
@@ -38,14 +48,14 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODEL_FIELDS = ("task", "noisy", "model", "data", "schedule", "loss.prediction")
 
 
-def _field(config, name):
+def _field(config, name, where="config"):
     if name not in config:
-        raise ValueError(f"config.{name} is missing")
+        raise ValueError(f"{where}.{name} is missing")
     return config[name]
 
 
 def task(config) -> str:
-    """The run's task: "diffusion" (a denoiser, the default) or "classifier".
+    """The run's task: "diffusion" (a denoiser, the default), "classifier" or "masked_diffusion".
 
     Args:
       config: a training config.
@@ -77,8 +87,15 @@ def build_data(config, mesh=None) -> data.Dataset:
       `diffjax.data.REGISTRY[config.data.name](batch_size=..., seed=..., mesh=..., **options)`.
     """
     section = _field(config, "data")
-    name = _field(section, "name")
+    name = _field(section, "name", "config.data")
     _checks.one_of("config.data.name", name, tuple(data.REGISTRY))
+    masked = task(config) == "masked_diffusion"
+    if (name in TOKEN_DATA) != masked:
+        what = "token data" if name in TOKEN_DATA else "real-valued data"
+        raise ValueError(
+            f"config.data.name={name!r} ({what}) does not fit config.task={task(config)!r}: masked_diffusion "
+            f"takes token data, one of {sorted(TOKEN_DATA)}, and the other tasks real-valued data"
+        )
     conditional = bool(section.get("conditional", False))
     if task(config) == "classifier" and not conditional:
         raise ValueError("config.data.conditional must be True for config.task='classifier' (it needs the labels)")
@@ -90,31 +107,106 @@ def build_data(config, mesh=None) -> data.Dataset:
     return data.REGISTRY[name](**kwargs)
 
 
+def token_vocab_size(config) -> int:
+    """V, the vocabulary size of a masked-diffusion run's token data (`TOKEN_DATA`).
+
+    Args:
+      config: a training config with a token data set in `config.data.name`.
+
+    Returns:
+      `TOKEN_DATA[config.data.name]`; the mask id is V.
+    """
+    name = _field(_field(config, "data"), "name", "config.data")
+    if name not in TOKEN_DATA:
+        raise ValueError(f"config.data.name must be token data, one of {sorted(TOKEN_DATA)}, got {name!r}")
+    return TOKEN_DATA[name]
+
+
+def time_conditioned(config) -> bool:
+    """Whether a masked-diffusion network sees the time: `config.model.args.time_conditioned`.
+
+    Args:
+      config: a training config.
+
+    Returns:
+      The field, default False (MDLM's default: the network is fed no time, so the denoiser is
+      time-agnostic and the caching sampler may reuse its output).
+    """
+    value = dict(_field(config, "model").get("args", {})).get("time_conditioned", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"config.model.args.time_conditioned must be True or False, got {value!r}")
+    return value
+
+
+def build_schedule(config):
+    """The schedule named by `config.schedule`: a masking schedule for masked diffusion, else a Gaussian one.
+
+    Args:
+      config: a training config (reads `schedule`, `task`).
+
+    Returns:
+      `diffjax.discrete.schedules.REGISTRY[...]()` for `config.task="masked_diffusion"`, else
+      `diffjax.schedules.REGISTRY[...]()`, with the spec's keyword arguments.
+    """
+    masked = task(config) == "masked_diffusion"
+    registry, other = (discrete.schedules.REGISTRY, schedules.REGISTRY)
+    if not masked:
+        registry, other = other, registry
+    spec = _field(config, "schedule")
+    name = spec.split("(", 1)[0].strip() if isinstance(spec, str) else None
+    if name not in registry and name in other:
+        kind, needed = ("a Gaussian", "a masking") if masked else ("a masking", "a Gaussian")
+        raise ValueError(
+            f"config.schedule={spec!r} is {kind} schedule; config.task={task(config)!r} needs {needed} schedule, "
+            f"one of {sorted(registry)}"
+        )
+    return specs.parse("config.schedule", spec, registry)()
+
+
+def _network_task(constructor) -> str:
+    if issubclass(constructor, models.Classifier):
+        return "classifier"
+    return "masked_diffusion" if issubclass(constructor, models.TokenTransformer) else "diffusion"
+
+
 def build_model(config, num_classes: int | None, schedule) -> nn.Module:
     """The network named by `config.model.name`, constructed with `config.model.args`.
 
     Args:
-      config: a training config (reads `model`, `compute_dtype`, `task`, `noisy`).
+      config: a training config (reads `model`, `compute_dtype`, `task`, `noisy`, and for token
+        networks `data.name`).
       num_classes: the data's number of classes (the network adds a class embedding), or None.
       schedule: the run's schedule; for a discrete (DDPM) schedule the network sees step indices
         0..N-1, so `time_scale` defaults to 1.
 
     Returns:
-      `diffjax.models.REGISTRY[name](num_classes=..., dtype=..., **args)`, a Flax module.
+      `diffjax.models.REGISTRY[name](num_classes=..., dtype=..., **args)`, a Flax module; a token
+      network also gets `vocab_size` from the data (`token_vocab_size`) and `time_conditioned`
+      (`time_conditioned(config)`). Classifiers fit `task="classifier"`, token networks
+      `task="masked_diffusion"` and the other networks `task="diffusion"`.
     """
     section = _field(config, "model")
-    name = _field(section, "name")
+    name = _field(section, "name", "config.model")
     _checks.one_of("config.model.name", name, tuple(models.REGISTRY))
     _checks.one_of("config.compute_dtype", config.compute_dtype, tuple(DTYPES))
     constructor = models.REGISTRY[name]
-    is_classifier = issubclass(constructor, models.Classifier)
-    if is_classifier != (task(config) == "classifier"):
-        raise ValueError(f"config.model.name={name!r} does not fit config.task={task(config)!r}")
+    kind = _network_task(constructor)
+    if kind != task(config):
+        raise ValueError(
+            f"config.model.name={name!r} does not fit config.task={task(config)!r} (it is a {kind} network)"
+        )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(section.get("args", {})).items()}
     if isinstance(schedule, schedules.Discrete):
         kwargs.setdefault("time_scale", 1.0)
-    if is_classifier:
+    if kind == "classifier":
         kwargs["time_conditioned"] = bool(config.get("noisy", False))
+    if kind == "masked_diffusion":
+        if "vocab_size" in kwargs:
+            raise ValueError(
+                f"config.model.args.vocab_size is set by the data ({token_vocab_size(config)}); leave it out, got "
+                f"{kwargs['vocab_size']!r}"
+            )
+        kwargs.update(vocab_size=token_vocab_size(config), time_conditioned=time_conditioned(config))
     kwargs.update(num_classes=num_classes, dtype=DTYPES[config.compute_dtype])
     _bind("config.model.args", name, constructor, kwargs)
     return constructor(**kwargs)
@@ -123,8 +215,8 @@ def build_model(config, num_classes: int | None, schedule) -> nn.Module:
 class Training(NamedTuple):
     """What `build_training` makes of a config."""
 
-    schedule: schedules.Schedule
-    loss: object  # losses.DiffusionLoss or classifier.ClassifierLoss
+    schedule: object  # schedules.Schedule, or a discrete.schedules.MaskingSchedule for masked diffusion
+    loss: object  # losses.DiffusionLoss, classifier.ClassifierLoss or discrete.MaskedNELBO
     optimizer: object  # optax.GradientTransformation
     ema: float  # the per-step EMA decay
 
@@ -134,15 +226,32 @@ def build_training(config) -> Training:
 
     Args:
       config: a training config (reads `schedule`, `loss`, `optim`, `ema_decay`, `steps_per_call`,
-        `checkpoint_every`, `log_every`, `task`, `noisy`).
+        `checkpoint_every`, `log_every`, `task`, `noisy`; for masked diffusion `loss.t_min`,
+        `loss.antithetic`, `data.name` and `model.args.time_conditioned`).
 
     Returns:
       A `Training`. `optim.total_steps`, `checkpoint_every` and `log_every` must be multiples of
-      `steps_per_call`.
+      `steps_per_call`. The loss of masked diffusion is `discrete.masked_nelbo(schedule, V, t_min=...,
+      antithetic=..., time_conditioned=...)`, in nats per token.
     """
-    schedule = specs.parse("config.schedule", config.schedule, schedules.REGISTRY)()
+    schedule = build_schedule(config)
     if task(config) == "classifier":  # clean inputs, or x_t at uniform times for a noise-aware classifier
         loss = classifier.classifier_loss(schedule if config.get("noisy", False) else None)
+    elif task(config) == "masked_diffusion":
+        section = _field(config, "loss")
+        t_min = _checks.finite("config.loss.t_min", _field(section, "t_min", "config.loss"))
+        if not 0.0 <= t_min < 1.0:
+            raise ValueError(f"config.loss.t_min must lie in [0, 1), got {t_min!r}")
+        antithetic = _field(section, "antithetic", "config.loss")
+        if not isinstance(antithetic, bool):
+            raise ValueError(f"config.loss.antithetic must be True or False, got {antithetic!r}")
+        loss = discrete.masked_nelbo(
+            schedule,
+            token_vocab_size(config),
+            t_min=t_min,
+            antithetic=antithetic,
+            time_conditioned=time_conditioned(config),
+        )
     else:
         section = _field(config, "loss")
         loss = losses.diffusion_loss(
@@ -180,7 +289,39 @@ def build(config, mesh=None) -> tuple[data.Dataset, Training, nn.Module]:
     """
     dataset = build_data(config, mesh)
     training = build_training(config)
-    return dataset, training, build_model(config, dataset.num_classes, training.schedule)
+    module = build_model(config, dataset.num_classes, training.schedule)
+    if isinstance(module, models.TokenTransformer):
+        length = dataset.event_shape[0]
+        if module.max_length < length:
+            raise ValueError(
+                f"config.model.args.max_length={module.max_length} must be >= the data's window length {length} "
+                "(config.data.length)"
+            )
+        check_token_sampling(config, module)
+    return dataset, training, module
+
+
+def check_token_sampling(config, module: nn.Module) -> None:
+    """Check the `config.sample` fields of a masked-diffusion run (before training, not at its end).
+
+    Args:
+      config: a masked-diffusion training config (reads `sample.num`, `sample.steps`, `sample.caching`).
+      module: its token network; caching needs one that is not time-conditioned.
+
+    Raises:
+      ValueError: naming the field, for a non-positive num or steps, a non-bool caching, or caching with
+        a time-conditioned network (its output changes with t, so it cannot be reused).
+    """
+    section = _field(config, "sample")
+    for name in ("num", "steps"):
+        _checks.positive_int(f"config.sample.{name}", _field(section, name, "config.sample"))
+    caching = _field(section, "caching", "config.sample")
+    if not isinstance(caching, bool):
+        raise ValueError(f"config.sample.caching must be True or False, got {caching!r}")
+    if caching and module.time_conditioned:
+        raise ValueError(
+            "config.sample.caching=True needs a time-agnostic network (config.model.args.time_conditioned=False)"
+        )
 
 
 def build_train_apply(config, module: nn.Module):
@@ -222,9 +363,11 @@ def init_params(module: nn.Module, key, event_shape, num_classes: int | None):
       num_classes: the number of classes (labels 0, 1 are passed), or None.
 
     Returns:
-      The variables (`module.init`); they depend on the input's shape only, never its values.
+      The variables (`module.init`); they depend on the input's shape only, never its values. A token
+      network (`models.TokenTransformer`) is initialised on int32 tokens.
     """
-    x = jnp.zeros((2, *event_shape), jnp.float32)
+    tokens = isinstance(module, models.TokenTransformer)
+    x = jnp.zeros((2, *event_shape), jnp.int32 if tokens else jnp.float32)
     if isinstance(module, models.Classifier):
         return jax.jit(module.init)(key, x, jnp.zeros((2,), jnp.float32) if module.time_conditioned else None)
     return jax.jit(module.init)(key, x, jnp.zeros((2,), jnp.float32), sample_labels(num_classes, 2))

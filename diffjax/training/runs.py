@@ -5,6 +5,10 @@
     x, info = diffjax.sample(solver, run.denoiser, ts, key, x_T)  # EMA parameters
     raw = run.denoiser_for(run.params)                           # raw parameters
 
+A masked-diffusion run (`task = "masked_diffusion"`, a token network on text) gives a
+`diffjax.discrete.MaskedDenoiser` instead, and `draw_samples` int32 token sequences
+(`diffjax.data.text.decode` turns them into text).
+
 A workdir is what `experiments/train.py` writes: Orbax checkpoints in `checkpoints/`, each with
 the resolved config as JSON beside it (`checkpoints.save`). `load_run` builds the run's network and
 the abstract train state from that config with `jax.eval_shape` (nothing is initialised) and
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffjax import _checks, data, models, parallel, sampling, solvers, specs, timesteps
+from diffjax import _checks, data, discrete, models, parallel, sampling, solvers, specs, timesteps
 from diffjax.denoiser import Denoiser
 from diffjax.training import build, checkpoints
 from diffjax.training.state import TrainState
@@ -35,8 +39,9 @@ class Run:
     """A training run: its config, network, schedule, data and train state.
 
     config: the resolved config the run was trained with (`configs/train.py` fields).
-    module: the network (a Flax module; `models.Classifier` for classifier runs).
-    schedule: the noise schedule the network was trained on.
+    module: the network (a Flax module; `models.Classifier` for classifier runs, a
+        `models.TokenTransformer` for masked-diffusion runs).
+    schedule: the noise schedule the network was trained on (a masking schedule for masked diffusion).
     data: the run's `data.Dataset` (event shape, labels, evaluation data).
     state: the `TrainState` (step, params, EMA params, optimizer state, key).
     workdir: where it was loaded from (None for a run assembled in memory).
@@ -84,25 +89,40 @@ class Run:
         return isinstance(self.module, models.Classifier)
 
     @property
+    def is_masked_diffusion(self) -> bool:
+        """Whether this is a masked-diffusion run (`config.task = "masked_diffusion"`: token sequences)."""
+        return build.task(self.config) == "masked_diffusion"
+
+    @property
     def prediction(self) -> str:
         """What the network predicts (`config.loss.prediction`)."""
         if self.is_classifier:
             raise ValueError(f"the run in {self.workdir!r} is a classifier run; it has no denoiser")
+        if self.is_masked_diffusion:
+            raise ValueError(f"the run in {self.workdir!r} is a masked-diffusion run; its network predicts tokens")
         return self.config.loss.prediction
 
-    def denoiser_for(self, params) -> Denoiser:
-        """A `Denoiser` of this run's network with the given parameters.
+    def denoiser_for(self, params) -> Denoiser | discrete.MaskedDenoiser:
+        """A denoiser of this run's network with the given parameters.
 
         Args:
           params: the network's variables, e.g. `run.params` (raw) or `run.ema_params`.
 
         Returns:
-          `Denoiser(models.apply_fn(module), params, schedule=..., prediction=...)`.
+          `Denoiser(models.apply_fn(module), params, schedule=..., prediction=...)`; for a masked-diffusion
+          run `discrete.masked_denoiser(models.apply_fn(module), params, schedule, V, time_conditioned=...)`
+          with V and time_conditioned the token network's.
         """
-        return Denoiser(models.apply_fn(self.module), params, schedule=self.schedule, prediction=self.prediction)
+        apply = models.apply_fn(self.module)
+        if self.is_masked_diffusion:
+            module = self.module
+            return discrete.masked_denoiser(
+                apply, params, self.schedule, module.vocab_size, time_conditioned=module.time_conditioned
+            )
+        return Denoiser(apply, params, schedule=self.schedule, prediction=self.prediction)
 
     @property
-    def denoiser(self) -> Denoiser:
+    def denoiser(self) -> Denoiser | discrete.MaskedDenoiser:
         """A ready `Denoiser` with the EMA parameters (`denoiser_for(run.params)` for the raw ones)."""
         return self.denoiser_for(self.ema_params)
 
@@ -150,17 +170,28 @@ def draw_samples(run: Run, *, step: int | None = None, use_ema: bool = True) -> 
     the `config.sample.grid` grid with key `key(step + 1)`; labels 0, 1, ..., num_classes - 1, 0, ...
     for a class-conditional model. The same run and step give the same bits on the same machine.
 
+    A masked-diffusion run draws `config.sample.num` sequences from the fully masked start
+    (`discrete.all_masked`) with `discrete.ancestral(caching=config.sample.caching)` on
+    `discrete.uniform_grid(config.sample.steps)`, key `key(step + 1)`, and noise removal (any mask left
+    after the last step becomes the denoiser's argmax).
+
     Args:
       run: a `Run` (from `load_run`, or assembled by train.py from its live state).
       step: the step whose keys to use; default `run.step`.
       use_ema: sample with the EMA parameters (default) or the raw ones.
 
     Returns:
-      A host array (config.sample.num, *event_shape).
+      A host array (config.sample.num, *event_shape); int32 tokens (num, L) for masked diffusion.
     """
     config = run.config.sample
     step = run.step if step is None else _checks.positive_int("step", step, 0)
     den = run.denoiser_for(run.ema_params if use_ema else run.params)
+    if run.is_masked_diffusion:
+        build.check_token_sampling(run.config, run.module)
+        ts = discrete.uniform_grid(config.steps)
+        z = discrete.all_masked(config.num, run.event_shape[0], den.vocab_size)
+        sampler = discrete.ancestral(caching=config.caching)
+        return np.asarray(discrete.sample(sampler, den, ts, jax.random.key(step + 1), z)[0])
     solver = specs.parse("config.sample.solver", config.solver, solvers.REGISTRY)()
     grid = specs.parse("config.sample.grid", config.grid, timesteps.REGISTRY)
     ts = grid(run.schedule, _checks.positive_int("config.sample.steps", config.steps))
