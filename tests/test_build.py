@@ -117,6 +117,7 @@ def test_registry_misses_and_unfit_options_name_the_field():
         (dict(loss=dict(t_min=1.0, antithetic=True)), r"config.loss.t_min must lie in \[0, 1\)"),
         (dict(loss=dict(t_min=1e-3, antithetic="yes")), r"config.loss.antithetic must be True or False"),
         (dict(data=dict(name="text", length=128, split="train")), r"config.model.args.max_length=64 must be >= .* 128"),
+        (dict(sample=dict(num=8, steps=0, caching=True)), r"config.sample.steps must be"),
     ],
 )  # fmt: skip
 def test_masked_diffusion_mismatches_name_the_field(fields, message):

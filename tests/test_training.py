@@ -272,6 +272,7 @@ SMALL_IMAGE_RUNS = {  # config -> overrides that keep a 2-step run small
         "--config.model.args.channels=16",
         "--config.model.args.num_res_blocks=1",
         "--config.model.args.channel_mults=(1, 2)",
+        "--config.model.args.attention_resolutions=(16,)",
     ],  # fmt: skip
     "configs/classifier.py:shapes": ["--config.model.args.channels=16"],
     "configs/classifier.py:digits_noisy": ["--config.model.args.channels=16"],
