@@ -46,8 +46,9 @@ def _losses(workdir):
 
 
 def test_toy_mlp_samples_are_as_close_to_the_data_as_fresh_data(tmp_path):
-    # Sliced W2^2 of 2000 samples against fresh data, within 2x of two fresh data sets' distance.
-    final = _train(tmp_path)
+    # Sliced W2^2 of 2000 samples against fresh data, within 2x of two fresh data sets' distance. Batches of
+    # 256 rather than the config's 512 (CI time): measured 0.82x the data's own distance.
+    final = _train(tmp_path, "--config.batch_size=256")
     assert final["sliced_w2"] < 2 * final["sliced_w2_data_vs_data"], final
     assert (tmp_path / "samples_2000.png").exists() and (tmp_path / "loss.png").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
