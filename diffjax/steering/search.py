@@ -71,6 +71,11 @@ class ODEGenerator:
 
 
 class SearchResult(NamedTuple):
+    """What a search returns (`random_search`, `zero_order_search`, `path_search`; Ma et al. 2025): the
+    best sample per condition, its score and noise, the best score after each round, the network calls
+    per condition and the choices made. For token generators x is int tokens of another shape than the
+    noise."""
+
     x: jax.Array  # (B, *event) the best sample per condition
     score: jax.Array  # (B,) its verifier score
     noise: jax.Array  # (B, *event) the noise it came from (path_search: its path's start)
