@@ -29,7 +29,9 @@ def text_config(c, arg):
     c.loss = ml_collections.ConfigDict(dict(t_min=1e-3, antithetic=True))
     gpu = arg == "text_gpu"
     length = 256 if gpu else 64
-    c.data = ml_collections.ConfigDict(dict(name="text", length=length, split="train"))
+    # the GPU run's training windows start every 64 characters (1723 disjoint windows of 256 would be
+    # seen 900 times each in its 6000 steps)
+    c.data = ml_collections.ConfigDict(dict(name="text", length=length, split="train", stride=64 if gpu else None))
     # sin-cos positions: on the CPU run they reach 4.20 bits per character where learned ones reach 4.38
     # (a 2-block network of width 64 after 2000 steps)
     args = dict(hidden_size=512 if gpu else 64, depth=8 if gpu else 3, num_heads=8 if gpu else 4,
@@ -45,7 +47,7 @@ def text_config(c, arg):
         c.compute_dtype = "bfloat16"
         c.batch_size = 256
         c.steps_per_call = 100
-        c.optim.total_steps = 20_000
+        c.optim.total_steps = 6000  # 4.4 min on one H200 at 44 ms per step
         c.ema_decay = 0.999  # a half-life of 700 steps (0.9999's 7000 leaves a short run's EMA near its start)
         c.log_every = 200
         c.checkpoint_every = 2000

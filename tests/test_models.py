@@ -154,6 +154,25 @@ def test_drop_labels_uses_the_null_label():
     assert set(np.unique(half)) == {0, 3} and abs(float(jnp.mean(half == 3)) - 0.5) < 0.03
 
 
+class _Lookup(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+        return models.embeddings.embed(3, 2, ids, jnp.bfloat16)
+
+
+def test_embed_matches_a_bfloat16_lookup_and_sums_its_gradient_in_float32():
+    ids = jnp.zeros(4096, jnp.int32)  # one row looked up 4096 times
+    variables = _Lookup().init(jax.random.key(0), ids)
+    reference = nn.Embed(3, 2, dtype=jnp.bfloat16).apply({"params": variables["params"]["Embed_0"]}, ids)
+    out = _Lookup().apply(variables, ids)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, reference)  # gather-then-cast is cast-then-gather, bit for bit
+    grad = jax.grad(lambda v: _Lookup().apply(v, ids).astype(F32).sum())(variables)["params"]["Embed_0"]
+    # Each lookup adds a cotangent of 1 to row 0: 4096 exactly, where a bfloat16 running sum stalls at 256
+    # (8 significant bits: 256 + 1 rounds back to 256). The other rows are never looked up.
+    np.testing.assert_array_equal(grad["embedding"], [[4096.0, 4096.0], [0.0, 0.0], [0.0, 0.0]])
+
+
 # --- shapes and initial output ------------------------------------------------------------------
 
 

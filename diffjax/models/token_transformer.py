@@ -37,7 +37,7 @@ import numpy as np
 
 from diffjax import _checks
 from diffjax.models.dit import DiTBlock, layer_norm, modulate, zeros
-from diffjax.models.embeddings import ConditionEmbedding, check_conditioning, class_labels
+from diffjax.models.embeddings import ConditionEmbedding, check_conditioning, class_labels, embed
 
 POSITIONS = ("learned", "sinusoidal", "none")
 embedding_init = nn.initializers.normal(stddev=0.02)
@@ -123,7 +123,7 @@ class TokenTransformer(nn.Module):
         self.check_tokens(z)
         b, length = z.shape
         d = self.hidden_size
-        h = nn.Embed(self.vocab_size + 1, d, embedding_init=embedding_init, dtype=self.dtype)(z)
+        h = embed(self.vocab_size + 1, d, z, self.dtype, embedding_init=embedding_init)
         if self.positions == "learned":
             table = self.param("position_embedding", embedding_init, (self.max_length, d), jnp.float32)
             h = h + table[:length].astype(self.dtype)
@@ -135,7 +135,7 @@ class TokenTransformer(nn.Module):
                 d, self.num_classes, time_embedding=self.time_embedding, time_scale=self.time_scale, dtype=self.dtype
             )(t, cond, b)
         elif self.num_classes is not None:
-            c = nn.Embed(self.num_classes + 1, d, dtype=self.dtype)(class_labels(cond, b, self.num_classes))
+            c = embed(self.num_classes + 1, d, class_labels(cond, b, self.num_classes), self.dtype)
         elif cond is not None:
             raise ValueError("cond must be None for a network built with num_classes=None, got labels")
         else:
