@@ -16,7 +16,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import datasets
 
 from diffjax import _checks
 from diffjax.data.dataset import Dataset
@@ -56,6 +55,8 @@ def load_digits(*, size: int = 8, method: str = "nearest") -> Digits:
     """
     _checks.one_of("size", size, SIZES)
     _checks.one_of("method", method, METHODS)
+    from sklearn import datasets  # imported here: scikit-learn takes 1.5 s to import
+
     raw = datasets.load_digits()
     images = (raw.images.astype(np.float32) / 8.0 - 1.0)[..., None]
     if size != 8:

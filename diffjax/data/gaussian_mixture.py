@@ -9,7 +9,6 @@ diffrax, the probability-flow ODE solved to tolerance 1e-10.
 
 from __future__ import annotations
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,6 +170,8 @@ class GaussianMixture:
         In EDM's variables x_bar = x/alpha, s = sigma/alpha the ODE is dx_bar/ds = eps_hat(x_bar, s)
         for every schedule; eps_hat = sum_k p(k|x) s (x_bar - m_k)/(s_k^2 + s^2) has no 1/s.
         """
+        import diffrax  # imported here: `import diffjax` stays fast
+
         alpha, alpha_next = schedule.alpha(t), schedule.alpha(t_next)
         s0, s1 = schedule.sigma(t) / alpha, schedule.sigma(t_next) / alpha_next
 

@@ -7,14 +7,27 @@ unreadable (a truncated file, a bad disk), `restore_latest` says so and falls ba
 before it.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import jax
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
+
+def _orbax():
+    """`orbax.checkpoint`, imported on first use (it takes 0.5 s): `import diffjax` stays fast."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 
 def manager(directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
+    ocp = _orbax()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, enable_async_checkpointing=True
     )
@@ -23,6 +36,7 @@ def manager(directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 
 
 def save(mngr: ocp.CheckpointManager, state, config: dict, *, force: bool = False) -> bool:
     """Start an asynchronous save of `state` at its step; `mngr.wait_until_finished()` blocks."""
+    ocp = _orbax()
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
     return mngr.save(int(jax.device_get(state.step)), args=args, force=force)
 
@@ -33,6 +47,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     `abstract_state` (e.g. `jax.eval_shape` of the initial state, with shardings) fixes the tree,
     shapes, dtypes and placement of the result.
     """
+    ocp = _orbax()
     for step in sorted(mngr.all_steps(), reverse=True):
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
         try:
@@ -47,6 +62,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
 
 def restore_config(mngr: ocp.CheckpointManager):
     """(config dict, step) saved with the newest readable checkpoint, or (None, None) if none."""
+    ocp = _orbax()
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config, step
