@@ -16,4 +16,3 @@ def test_import_loads_none_of_the_lazy_dependencies():
     code = f"import sys, diffjax; print(sorted(m for m in {LAZY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
-
