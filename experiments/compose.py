@@ -26,13 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import plots
 from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 import diffjax as dj
 from diffjax import compose
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/compose.py", "composition config", lock_config=True)
+_CONFIG = cli.define_config("configs/compose.py", "composition config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and grid.png")
 
 METHODS = ("expert0", "expert1", "average", "or", "and", "ensemble", "full")

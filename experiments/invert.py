@@ -23,13 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import plots
 from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 import diffjax as dj
 from diffjax.guidance import problems
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/invert.py", "inverse-problem config", lock_config=True)
+_CONFIG = cli.define_config("configs/invert.py", "inverse-problem config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and the image grids")
 
 

@@ -26,14 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
 import diffjax as dj
 import diffjax.likelihood as lik
 from diffjax.training import build
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/likelihood.py", "likelihood config", lock_config=True)
+_CONFIG = cli.define_config("configs/likelihood.py", "likelihood config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json")
 
 

@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import plots
 from absl import flags, logging
-from ml_collections import config_flags
 
 import diffjax as dj
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/gmm.py", "sampling config", lock_config=True)
+_CONFIG = cli.define_config("configs/gmm.py", "sampling config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and samples.png")
 
 

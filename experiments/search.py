@@ -20,11 +20,10 @@ import numpy as np
 import plots
 import tasks
 from absl import flags, logging
-from ml_collections import config_flags
 
 import diffjax as dj
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/search.py", "search config", lock_config=True)
+_CONFIG = cli.define_config("configs/search.py", "search config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and scaling.png")
 
 METHODS = ("random", "zero_order", "paths", "fk")

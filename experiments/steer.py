@@ -23,11 +23,10 @@ import numpy as np
 import plots
 import tasks
 from absl import flags, logging
-from ml_collections import config_flags
 
 import diffjax as dj
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/steer.py", "steering config", lock_config=True)
+_CONFIG = cli.define_config("configs/steer.py", "steering config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and the figures")
 
 METHODS = ("fk", "tds", "importance", "best_of_n")

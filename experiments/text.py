@@ -27,13 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
-from ml_collections import config_flags
 
 import diffjax as dj
 from diffjax import discrete as dd
 from diffjax.data import text
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/text.py", "text experiment config", lock_config=True)
+_CONFIG = cli.define_config("configs/text.py", "text experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and samples.txt", required=True)
 
 METHODS = ("unsteered", "fk", "best_of_n", "random_search")

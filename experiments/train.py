@@ -34,7 +34,6 @@ import numpy as np
 import plots
 import tqdm
 from absl import flags, logging
-from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 import diffjax as dj
@@ -42,7 +41,7 @@ from diffjax.data import text
 from diffjax.discrete import evaluate
 from diffjax.training import build, checkpoints
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config", lock_config=True)
+_CONFIG = cli.define_config(None, "training config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, samples)", required=True)
 FINAL = "final.json"
 
@@ -130,12 +129,14 @@ def main(argv):
         mngr.close()
         raise ValueError(f"--workdir={workdir} holds a run of another model; differing fields: "
                          f"{'; '.join(differences)}. Use another --workdir, or the saved config.")  # fmt: skip
-    abstract = build.abstract_state(config, module, training.optimizer, data, replicated)
-    state, _, restored_step = checkpoints.restore_latest(mngr, abstract)
-    if state is None and (steps := sorted(mngr.all_steps())):
-        mngr.close()
-        raise ValueError(f"--workdir={workdir}: none of its checkpoints (steps {steps}) could be restored "
-                         "(see the warnings above); move them away to start afresh")  # fmt: skip
+    state = None
+    if steps := sorted(mngr.all_steps()):  # (the abstract tree traces the initialisation: only when needed)
+        abstract = build.abstract_state(config, module, training.optimizer, data, replicated)
+        state, _, restored_step = checkpoints.restore_latest(mngr, abstract)
+        if state is None:
+            mngr.close()
+            raise ValueError(f"--workdir={workdir}: none of its checkpoints (steps {steps}) could be restored "
+                             "(see the warnings above); move them away to start afresh")  # fmt: skip
     if state is not None:
         if restored_step > total:
             mngr.close()

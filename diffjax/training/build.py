@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax import _checks, data, discrete, models, schedules, specs
+from diffjax import _checks, data, discrete, models, schedules, solvers, specs, timesteps
 from diffjax.training import classifier, losses, optim, state, step
 
 TASKS = ("diffusion", "classifier", "masked_diffusion")
@@ -298,7 +298,31 @@ def build(config, mesh=None) -> tuple[data.Dataset, Training, nn.Module]:
                 "(config.data.length)"
             )
         check_token_sampling(config, module)
+    elif task(config) == "diffusion":
+        sampling_plan(config, training.schedule)
     return dataset, training, module
+
+
+def sampling_plan(config, schedule: schedules.Schedule):
+    """(solver, ts, num) of a denoiser run's `config.sample`, checked before training rather than at its end.
+
+    Args:
+      config: a training config (reads `sample.solver`, `sample.grid`, `sample.steps`, `sample.num`).
+      schedule: the run's schedule, which the grid is built on.
+
+    Returns:
+      The solver (`config.sample.solver` in `solvers.REGISTRY`), the time grid (`config.sample.grid` in
+      `timesteps.REGISTRY`, `config.sample.steps` steps) and the number of samples.
+
+    Raises:
+      ValueError: naming the field, for a spec that names no solver or grid or passes an argument it does
+        not take, a bad argument value, or a non-positive steps or num.
+    """
+    section = _field(config, "sample")
+    solver = specs.parse("config.sample.solver", _field(section, "solver", "config.sample"), solvers.REGISTRY)()
+    grid = specs.parse("config.sample.grid", _field(section, "grid", "config.sample"), timesteps.REGISTRY)
+    ts = grid(schedule, _checks.positive_int("config.sample.steps", _field(section, "steps", "config.sample")))
+    return solver, ts, _checks.positive_int("config.sample.num", _field(section, "num", "config.sample"))
 
 
 def check_token_sampling(config, module: nn.Module) -> None:

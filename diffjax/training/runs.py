@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffjax import _checks, data, discrete, models, parallel, sampling, solvers, specs, timesteps
+from diffjax import _checks, data, discrete, models, parallel, sampling
 from diffjax.denoiser import Denoiser
 from diffjax.training import build, checkpoints
 from diffjax.training.state import TrainState
@@ -192,10 +192,7 @@ def draw_samples(run: Run, *, step: int | None = None, use_ema: bool = True) -> 
         z = discrete.all_masked(config.num, run.event_shape[0], den.vocab_size)
         sampler = discrete.ancestral(caching=config.caching)
         return np.asarray(discrete.sample(sampler, den, ts, jax.random.key(step + 1), z)[0])
-    solver = specs.parse("config.sample.solver", config.solver, solvers.REGISTRY)()
-    grid = specs.parse("config.sample.grid", config.grid, timesteps.REGISTRY)
-    ts = grid(run.schedule, _checks.positive_int("config.sample.steps", config.steps))
-    n = _checks.positive_int("config.sample.num", config.num)
+    solver, ts, n = build.sampling_plan(run.config, run.schedule)
     x_T = sampling.prior_sample(jax.random.key(step), run.schedule, ts, (n, *run.event_shape))
     labels = build.sample_labels(run.num_classes, n)
     return np.asarray(sampling.sample(solver, den, ts, jax.random.key(step + 1), x_T, cond=labels)[0])
