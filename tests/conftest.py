@@ -22,6 +22,13 @@ import tempfile
 import jax
 import pytest
 
+from helpers import OPTIMIZATION_FLAG
+
+# XLA:CPU's LLVM backend at -O0: the suite's programs are small and each compiles once, so compiling is
+# most of its time (test_deis.py + test_pndm.py: 54 s against 66 s at the default -O2). Set before any
+# backend starts; the commands the tests run inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPTIMIZATION_FLAG}".strip()
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_enable_compilation_cache", False)
 

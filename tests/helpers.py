@@ -6,6 +6,10 @@ import numpy as np
 
 import diffjax as dj
 
+# XLA:CPU's LLVM at -O0, which conftest.py sets for the whole suite; a test that sets XLA_FLAGS for a
+# command it starts keeps it there
+OPTIMIZATION_FLAG = "--xla_backend_optimization_level=0"
+
 
 def counting_jit(fn):
     """jax.jit(fn) and a list whose length is the number of times fn was traced."""

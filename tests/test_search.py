@@ -14,6 +14,7 @@ from scipy import stats
 
 import diffjax as dj
 from diffjax.steering import rewards, search, seeds, verifiers
+from helpers import OPTIMIZATION_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST = rewards.linear([1.0, 0.0])
@@ -161,7 +162,8 @@ def test_a_seed_gives_the_same_bits_under_jit_across_runs_and_devices():
         "z = seeds.seed_noise(ids, (4, 4, 3))\n"
         "print(len(z.sharding.device_set), hashlib.sha256(np.asarray(z).tobytes()).hexdigest())\n"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    devices = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     devices, digest = out.stdout.split()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
+from helpers import OPTIMIZATION_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def _command(workdir, *overrides, config="configs/train.py:moons"):
 def _env(devices=None):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count={devices}"
     return env
 
 
