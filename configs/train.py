@@ -10,15 +10,28 @@ Toy 2-D sets (an MLP): moons, swiss_roll, checkerboard, eight_gaussians, rings. 
 digits_unet and digits_dit (class-conditional 8x8 scikit-learn digits, labels dropped 10% of
 the time for classifier-free guidance), shapes_unet (32x32 procedural shapes, conditioned on the
 first shape's class). Text (masked diffusion of characters of the pydoc topics, a TokenTransformer):
-text (CPU-sized) and text_gpu (one H200). Override any field: --config.optim.total_steps=500
---config.num_devices=1.
+text (CPU-sized) and text_gpu (one H200). Your own arrays in an .npz file (`np.savez(path, x=x,
+y=labels)`): npz for (N, d) points (the toy sets' MLP), npz_images for (N, H, W, C) images in
+[-1, 1] (digits_unet's UNet); set --config.data.path, and --config.data.conditional=True to
+condition on the integer labels:
+
+    python experiments/train.py --config=configs/train.py:npz --config.data.path=points.npz --workdir=runs/mine
+
+Override any field: --config.optim.total_steps=500 --config.num_devices=1; list them with --print_config.
 """
 
 import ml_collections
 
 TOY = ("moons", "swiss_roll", "checkerboard", "eight_gaussians", "rings")
 IMAGES = ("digits_unet", "digits_dit", "shapes_unet")
+NPZ = ("npz", "npz_images")  # your own arrays: --config.data.path=points.npz
 TEXT = ("text", "text_gpu")
+
+
+def npz_data():
+    """`data` of a user's .npz (`diffjax.data.load_npz`): set `path`; `key` names the samples' array,
+    `label_key` the integer labels' (used when `conditional`); samples are trained on as they are."""
+    return ml_collections.ConfigDict(dict(name="npz", path="", key="x", label_key="y", conditional=False))
 
 
 def text_config(c, arg):
@@ -62,8 +75,8 @@ def text_config(c, arg):
 
 
 def get_config(arg: str = "moons"):
-    if arg not in TOY + IMAGES + TEXT:
-        raise ValueError(f"configs/train.py argument must be one of {TOY + IMAGES + TEXT}, got {arg!r}")
+    if arg not in TOY + IMAGES + TEXT + NPZ:
+        raise ValueError(f"configs/train.py argument must be one of {TOY + IMAGES + TEXT + NPZ}, got {arg!r}")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.num_devices = 0  # 0: every device, as one 'data' mesh axis
@@ -83,10 +96,11 @@ def get_config(arg: str = "moons"):
     c.keep_checkpoints = 3
     c.sample_every = 0  # 0: only at the end
     c.sample = ml_collections.ConfigDict(dict(solver="dpmpp_2m", grid="logsnr_uniform", steps=30, num=2000))
-    if arg in TOY:  # about a minute on two CPU cores
+    if arg in TOY + ("npz",):  # about a minute on two CPU cores; npz: (N, d) points of your own
         c.optim.learning_rate = 2e-3
         c.ema_decay = 0.995
-        c.data = ml_collections.ConfigDict(dict(name="toy2d", set=arg, conditional=False))
+        toy = ml_collections.ConfigDict(dict(name="toy2d", set=arg, conditional=False))
+        c.data = npz_data() if arg == "npz" else toy
         c.model = ml_collections.ConfigDict(dict(name="mlp", args=dict(width=256, depth=4), label_dropout=0.0))
         return c
     if arg in TEXT:
@@ -101,7 +115,9 @@ def get_config(arg: str = "moons"):
     c.checkpoint_every = 1000
     c.sample.num = 100
     c.sample.steps = 50
-    if arg.startswith("digits"):
+    if arg == "npz_images":  # (N, H, W, C) images of your own in [-1, 1], H and W even: digits_unet's UNet
+        c.data = npz_data()
+    elif arg.startswith("digits"):
         # trained on the 80% training part of data.train_test_split, as the digits classifier, so that
         # samples are scored against the 20% neither has seen (experiments/sample.py)
         c.data = ml_collections.ConfigDict(dict(name="digits", size=8, conditional=True, split="train"))
@@ -110,7 +126,7 @@ def get_config(arg: str = "moons"):
     if arg == "digits_dit":
         args = dict(patch_size=2, hidden_size=128, depth=6, num_heads=4)
         c.model = ml_collections.ConfigDict(dict(name="dit", args=args, label_dropout=0.1))
-    elif arg == "digits_unet":
+    elif arg in ("digits_unet", "npz_images"):
         args = dict(channels=64, channel_mults=(1, 2), num_res_blocks=2, attention_resolutions=(4,), num_groups=16)
         c.model = ml_collections.ConfigDict(dict(name="unet", args=args, label_dropout=0.1))
     else:

@@ -135,7 +135,8 @@ def _flag_error(error: Exception, argv) -> ValueError:
 def parse_flags(argv):
     """absl's flag parsing, with every mistake raised as a one-line ValueError before anything runs:
     a bad config file or argument, a required flag left out (`--workdir is required`), an unknown
-    `--config.<field>` (with the closest fields suggested) or an ill-typed value, an unknown flag.
+    `--config.<field>` (with the closest fields suggested) or an ill-typed value, an unknown flag,
+    a `--workdir` that is (or is inside) a file.
 
     `--help` prints the program's docstring and its flags and exits 0; `--print_config` prints
     every field of the config (`describe_config`) and exits 0.
@@ -164,7 +165,20 @@ def parse_flags(argv):
         if not (_REQUIRED.search(str(error)) and "--print_config" in argv[1:] and _print_config()):
             raise _flag_error(error, argv) from error
     _print_config()
+    _check_workdir()
     return remaining
+
+
+def _check_workdir():
+    """A ValueError naming `--workdir` if it names something that is not a directory (or under a file)."""
+    workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+    if not workdir:
+        return
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)  # the nearest part of it that exists must be a directory
+    if not os.path.isdir(path):
+        raise ValueError(f"--workdir={workdir}: {path!r} is a file, not a directory")
 
 
 def _print_config() -> bool:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,3 +77,33 @@ def test_print_config_lists_every_field_with_the_overrides_and_needs_no_workdir(
     lines = out.stdout.splitlines()
     assert "optim.learning_rate: float = 0.5" in lines and "data.set: str = 'moons'" in lines, out.stdout
     assert "batch_size: int = 512" in lines and all(": " in line and " = " in line for line in lines)
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py"])
+def test_a_workdir_that_is_a_file_is_refused_before_any_work(tmp_path, script):
+    (tmp_path / "taken").write_text("a file")
+    config = ["--config=configs/train.py:moons"] if script == "train.py" else []
+    for workdir in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        out = _run(script, *config, f"--workdir={workdir}")
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            f"ValueError: --workdir={workdir}: {str(tmp_path / 'taken')!r} is a file, not a directory"
+        ], out.stderr[-3000:]
+
+
+def test_train_on_an_npz_of_ones_own_with_labels(tmp_path):
+    """configs/train.py:npz trains the MLP on an (N, 3) array under a key of the user's choosing,
+    conditioned on its labels, and samples the learned model: the README's how-to, at 20 steps."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 256)
+    np.savez(tmp_path / "points.npz", points=rng.normal(size=(256, 3)) + labels[:, None], classes=labels)
+    fields = dict(path=tmp_path / "points.npz", key="points", label_key="classes", conditional=True)
+    args = [f"--config.data.{k}={v}" for k, v in fields.items()]
+    args += ["--config.optim.total_steps=20", "--config.optim.warmup_steps=5", "--config.steps_per_call=10",
+             "--config.log_every=10", "--config.batch_size=64", "--config.sample.num=32",
+             "--config.sample.steps=4"]  # fmt: skip
+    out = _run("train.py", "--config=configs/train.py:npz", *args, f"--workdir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    samples = np.load(tmp_path / "run" / "samples_20.npz")["samples"]
+    assert samples.shape == (32, 3) and np.isfinite(samples).all()
+    out = _run("train.py", "--config=configs/train.py:npz", f"--workdir={tmp_path / 'empty'}")
+    assert out.returncode == 2 and "data.path must name an existing .npz file, got ''" in out.stderr, out.stderr

@@ -253,6 +253,12 @@ def test_load_npz_round_trips_and_validates(tmp_path):
     assert data.x.dtype == np.float32 and np.array_equal(data.x, x) and np.array_equal(data.y, y)
     np.savez(tmp_path / "no_y.npz", x=x)
     assert D.load_npz(tmp_path / "no_y.npz").y is None
+    np.savez(tmp_path / "named.npz", images=x, classes=y)  # config.data.key and config.data.label_key
+    data = D.load_npz(tmp_path / "named.npz", key="images", label_key="classes")
+    assert np.array_equal(data.x, x) and np.array_equal(data.y, y)
+    assert D.load_npz(tmp_path / "no_y.npz", label_key=None).y is None
+    with pytest.raises(ValueError, match="must hold the key 'x'.*set data.key"):
+        D.load_npz(tmp_path / "named.npz")
     bad = {
         "missing": ({"X": x}, "'x'"),
         "extra": ({"x": x, "labels": y}, "'x'"),
