@@ -56,6 +56,7 @@ SHARED_RUNS = {
     "ensemble_runs": "digits",
     "moons_run": "moons",
     "text_run": "text",
+    "tour": "tour",
 }
 
 

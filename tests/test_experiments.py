@@ -1,4 +1,4 @@
-"""The README's main job runs end to end and reports exact-oracle scores."""
+"""experiments/sample.py on the Gaussian-mixture oracle runs end to end and reports exact-oracle scores."""
 
 import json
 import os

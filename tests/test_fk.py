@@ -13,6 +13,8 @@ Gaussian product N(mu, s^2) exp(-lambda q (x - c)^2 / 2): precision 1/s^2 + lamb
 (means, covariances and mode weights within 5 Monte Carlo standard errors).
 """
 
+import warnings
+
 import flax.linen
 import jax
 import jax.numpy as jnp
@@ -160,6 +162,12 @@ def test_deterministic_solver_warns_and_outputs_are_named_for_what_they_are():
     best = dj.steering.best_of(p)
     np.testing.assert_array_equal(best, x[np.arange(2), np.argmax(p.rewards, 1)])
     assert p.nfe == 8 and p.ancestors.shape == (8, 2, 8) and p.ess.shape == (8, 2)
+    # a stochastic solver does not warn (the old check warned on any two equal particles, which resampling after
+    # a noiseless last step makes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = dj.steering.fk_steer(dj.solvers.ddim(eta=1.0), gmm.denoiser(sched), ts, jax.random.key(1), x_T, reward,
+                                 lmbda=50.0)  # fmt: skip
 
 
 def test_rewards_are_evaluated_only_at_scheduled_steps():

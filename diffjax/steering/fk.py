@@ -428,16 +428,13 @@ def fk_steer(
         denoiser = denoiser.replace(cond=cond)
     particles = _fk_steer(kernel, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]),
                           cond)  # fmt: skip
-    # identical token sequences are expected (few values); only continuous copies signal a deterministic solver
-    if not solver.token_states and _checks.is_concrete(particles.x) and k > 1 and bool(jnp.any(particles.resampled)):
-        flat = particles.x.reshape(b, k, -1)
-        same = jnp.all(flat[:, :, None] == flat[:, None, :], axis=-1) & ~jnp.eye(k, dtype=bool)
-        if bool(jnp.any(same)):
-            warnings.warn(
-                "FK steering ended with identical particles after resampling: the solver looks deterministic, "
-                "so resampled copies never diverge; use a stochastic solver (e.g. ddim(eta=1.0)).",
-                stacklevel=2,
-            )
+    # a deterministic solver's resampled copies never diverge (token states: the sampler's own draws do)
+    if not solver.token_states and not solver.stochastic and k > 1:
+        warnings.warn(
+            f"FK steering with a deterministic solver ({type(solver).__name__}): resampled copies of a particle "
+            "never diverge; use a stochastic solver (e.g. ddim(eta=1.0)).",
+            stacklevel=2,
+        )
     return particles
 
 
