@@ -23,3 +23,18 @@ def test_notebook_code_runs(path):
 
 def test_there_is_a_notebook():
     assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebooks_are_saved_run_with_their_outputs_and_cell_ids(path):
+    """What GitHub and Colab show is a run: every code cell executed in order (`python notebooks/execute.py`),
+    a figure among the outputs, and an id on every cell (nbformat 4.5)."""
+    notebook = json.load(open(path))
+    assert (notebook["nbformat"], notebook["nbformat_minor"]) >= (4, 5)
+    ids = [c.get("id") for c in notebook["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids)
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), "run notebooks/execute.py"
+    outputs = [o for c in code for o in c["outputs"]]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert not any(o["output_type"] == "error" for o in outputs)
