@@ -66,6 +66,13 @@ def markdown(rows, columns):
     return "\n".join(lines)
 
 
+def error_table(rows, label):
+    """The markdown table of error rows (solver, steps, nfe, error), the error's column headed `label`."""
+    return markdown(
+        rows, [("solver", "solver", "s"), ("steps", "steps", "d"), ("NFE", "nfe", "d"), (label, "error", ".2e")]
+    )
+
+
 def exact_solvers(c, key):
     """Part 1: rows (solver, steps, nfe, rmse) on the ring mixture, against the exact PF-ODE."""
     gmm = dj.data.ring()
@@ -239,29 +246,13 @@ def main(argv):
         f"{config.solvers.num} samples and the exact probability-flow ODE's answer from the same noise "
         f"(diffrax, `GaussianMixture.pf_ode`), schedule {config.solvers.schedule}, grid {config.solvers.grid}. "
         "Lower is better.",
-        markdown(
-            solver_rows,
-            [
-                ("solver", "solver", "s"),
-                ("steps", "steps", "d"),
-                ("NFE", "nfe", "d"),
-                ("RMSE to the exact ODE (lower is better)", "error", ".2e"),
-            ],
-        ),  # fmt: skip
+        error_table(solver_rows, "RMSE to the exact ODE (lower is better)"),
         "![error against NFE](error_vs_nfe.png)",
         "## 2. A toy model: two moons",
         f"The MLP of `configs/train.py:moons` ({moons.config.optim.total_steps} steps), sampled with each solver: "
         f"squared sliced 2-Wasserstein distance of {config.toy.num} samples to fresh moons (lower is better). "
         f"Two fresh sets of moons are {floor:.2e} apart, the floor.",
-        markdown(
-            toy_rows,
-            [
-                ("solver", "solver", "s"),
-                ("steps", "steps", "d"),
-                ("NFE", "nfe", "d"),
-                ("sliced W2^2 (lower is better)", "error", ".2e"),
-            ],
-        ),  # fmt: skip
+        error_table(toy_rows, "sliced W2^2 (lower is better)"),
         "![moons](moons.png)",
         "## 3. A digits model",
         f"A class-conditional UNet on scikit-learn's 8x8 digits ({digits.config.optim.total_steps} steps), "
@@ -287,7 +278,7 @@ def main(argv):
                 ("hit rate (higher is better)", "hit", ".3f"),
                 ("diversity", "diversity", ".3f"),
             ],
-        ),  # fmt: skip
+        ),
         "![reward against NFE](reward_vs_nfe.png)",
         "![steered samples](steered.png)",
     ]
