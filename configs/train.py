@@ -12,8 +12,9 @@ the time for classifier-free guidance), shapes_unet (32x32 procedural shapes, co
 first shape's class). Text (masked diffusion of characters of the pydoc topics, a TokenTransformer):
 text (CPU-sized) and text_gpu (one H200). Your own arrays in an .npz file (`np.savez(path, x=x,
 y=labels)`): npz for (N, d) points (the toy sets' MLP), npz_images for (N, H, W, C) images in
-[-1, 1] (digits_unet's UNet); set --config.data.path, and --config.data.conditional=True to
-condition on the integer labels:
+[-1, 1] (digits_unet's UNet), png_images for a folder of PNGs of one size (class subfolders give
+labels; `diffjax.data.load_png_folder`); set --config.data.path, and --config.data.conditional=True
+to condition on the integer labels:
 
     python experiments/train.py --config=configs/train.py:npz --config.data.path=points.npz --workdir=runs/mine
 
@@ -24,7 +25,7 @@ import ml_collections
 
 TOY = ("moons", "swiss_roll", "checkerboard", "eight_gaussians", "rings")
 IMAGES = ("digits_unet", "digits_dit", "shapes_unet")
-NPZ = ("npz", "npz_images")  # your own arrays: --config.data.path=points.npz
+NPZ = ("npz", "npz_images", "png_images")  # your own data: --config.data.path=points.npz (or a PNG folder)
 TEXT = ("text", "text_gpu")
 
 
@@ -115,7 +116,7 @@ def get_config(arg: str = "moons"):
     c.checkpoint_every = 1000
     c.sample.num = 100
     c.sample.steps = 50
-    if arg == "npz_images":  # (N, H, W, C) images of your own in [-1, 1], H and W even: digits_unet's UNet
+    if arg in ("npz_images", "png_images"):  # your own (N, H, W, C) images in [-1, 1], H, W even: digits_unet's UNet
         c.data = npz_data()
     elif arg.startswith("digits"):
         # trained on the 80% training part of data.train_test_split, as the digits classifier, so that
@@ -126,7 +127,7 @@ def get_config(arg: str = "moons"):
     if arg == "digits_dit":
         args = dict(patch_size=2, hidden_size=128, depth=6, num_heads=4)
         c.model = ml_collections.ConfigDict(dict(name="dit", args=args, label_dropout=0.1))
-    elif arg in ("digits_unet", "npz_images"):
+    elif arg in ("digits_unet", "npz_images", "png_images"):
         args = dict(channels=64, channel_mults=(1, 2), num_res_blocks=2, attention_resolutions=(4,), num_groups=16)
         c.model = ml_collections.ConfigDict(dict(name="unet", args=args, label_dropout=0.1))
     else:

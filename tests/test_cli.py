@@ -106,4 +106,5 @@ def test_train_on_an_npz_of_ones_own_with_labels(tmp_path):
     samples = np.load(tmp_path / "run" / "samples_20.npz")["samples"]
     assert samples.shape == (32, 3) and np.isfinite(samples).all()
     out = _run("train.py", "--config=configs/train.py:npz", f"--workdir={tmp_path / 'empty'}")
-    assert out.returncode == 2 and "data.path must name an existing .npz file, got ''" in out.stderr, out.stderr
+    assert out.returncode == 2, out.stderr
+    assert "data.path must name an existing .npz file or folder of PNGs, got ''" in out.stderr, out.stderr

@@ -1,4 +1,4 @@
-"""Data that ships with diffjax: exact oracles, toy 2-D sets, digits, procedural shapes, user arrays,
+"""Data that ships with diffjax: exact oracles, toy 2-D sets, digits, procedural shapes, user arrays and PNG folders,
 and deterministic, resumable, shardable batching.
 
 `REGISTRY` maps the names configs use (`config.data.name`) to `Dataset` builders
@@ -7,7 +7,7 @@ one line here.
 """
 
 from diffjax.data import arrays, digits, shapes, text, toy2d
-from diffjax.data.arrays import ArrayData, load_npz
+from diffjax.data.arrays import ArrayData, load_npz, load_png_folder
 from diffjax.data.dataset import Dataset
 from diffjax.data.digits import Digits, load_digits, train_test_split
 from diffjax.data.gaussian_mixture import GaussianMixture, ring
@@ -49,6 +49,7 @@ __all__ = [
     "iterate",
     "load_digits",
     "load_npz",
+    "load_png_folder",
     "moons",
     "ring",
     "rings",
