@@ -29,7 +29,6 @@ import time
 
 import cli
 import jax
-import jax.numpy as jnp
 import numpy as np
 import plots
 import tqdm
@@ -39,19 +38,11 @@ from tensorboardX import SummaryWriter
 import diffjax as dj
 from diffjax.data import text
 from diffjax.discrete import evaluate
-from diffjax.training import build, checkpoints
+from diffjax.training import build, checkpoints, loop
 
 _CONFIG = cli.define_config(None, "training config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, samples)", required=True)
 FINAL = "final.json"
-
-
-def stacked_batches(batches, start, count):
-    """`count` consecutive batches stacked on a new leading axis: (count, B, ...)."""
-    parts = [batches(step) for step in range(start, start + count)]
-    x = jnp.stack([p[0] for p in parts])
-    labels = None if parts[0][1] is None else jnp.stack([p[1] for p in parts])
-    return x, labels
 
 
 def read_log(path, upto):
@@ -116,9 +107,6 @@ def main(argv):
     if masked:  # checked now rather than after training
         passes = dj._checks.positive_int("config.evaluation.passes", config.evaluation.passes, 2)
         eval_batch = dj._checks.positive_int("config.evaluation.batch_size", config.evaluation.batch_size)
-    step_fn = dj.training.make_train_step(
-        training.loss, build.build_train_apply(config, module), training.optimizer, training.ema
-    )
     total = config.optim.total_steps
 
     os.makedirs(workdir, exist_ok=True)
@@ -151,7 +139,7 @@ def main(argv):
     else:
         state = build.initial_state(config, module, training.optimizer, data)
     state = jax.device_put(state, replicated)
-    multi = jax.jit(dj.training.scan_steps(step_fn), out_shardings=(replicated, None), donate_argnums=0)
+    multi = loop.compiled_steps(config, module, training, mesh)  # the steps of dj.training.fit
 
     def live_run(state):
         return dj.training.Run(config, module, training.schedule, data, state, workdir)
@@ -167,7 +155,7 @@ def main(argv):
     progress = tqdm.tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
     tick, examples = time.perf_counter(), 0
     for step in range(start, total, per_call):
-        xs, conds = stacked_batches(data.batches, step, per_call)
+        xs, conds = loop.stacked_batches(data.batches, step, per_call)
         state, metrics = multi(state, xs, conds)
         examples += per_call * config.batch_size
         done = step + per_call

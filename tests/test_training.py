@@ -42,6 +42,10 @@ def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, w
     return json.loads((workdir / "final.json").read_text())
 
 
+def _log(workdir):
+    return [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines()]
+
+
 def _losses(workdir):
     return np.array([json.loads(line)["loss"] for line in (workdir / "log.jsonl").read_text().splitlines()])
 
@@ -97,6 +101,18 @@ def test_load_run_redraws_the_samples_train_py_wrote_bit_identically(moons_run):
     assert run.denoiser.params is run.ema_params and run.denoiser_for(run.params).params is run.params
     assert run.config.optim.total_steps == 400 and run.config.sample.num == 200
     np.testing.assert_array_equal(samples, np.load(workdir / "samples_400.npz")["samples"])
+
+
+def test_fit_in_memory_ends_bit_identically_where_train_py_ended(moons_run):
+    """`dj.training.fit` of the config a train.py run saved: the same parameters, EMA and logged losses,
+    bit for bit (the same compiled steps over the same batches, in one process, without checkpoints)."""
+    workdir, final = moons_run
+    with jax.enable_x64(False):  # as train.py ran
+        config = dj.training.load_run(str(workdir)).config
+        run, history = dj.training.fit(config, progress=False)
+    assert run.step == 400 and run.workdir is None
+    assert _digest(run.params) == final["params_sha256"] and _digest(run.ema_params) == final["ema_params_sha256"]
+    assert history == [{k: v for k, v in row.items() if k != "examples_per_s"} for row in _log(workdir)]
 
 
 def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moons_run):
