@@ -29,10 +29,12 @@ def batch_sharding(mesh) -> NamedSharding:
 
 
 def replicated(mesh) -> NamedSharding:
+    """Replicate over every device of the mesh (parameters, optimizer state, keys)."""
     return NamedSharding(mesh, PartitionSpec())
 
 
 def check_batch(batch_size: int, mesh) -> None:
+    """Raise a ValueError unless `batch_size` divides evenly over the mesh's 'data' axis."""
     if batch_size % mesh.shape[DATA]:
         raise ValueError(f"batch_size must be divisible by the {mesh.shape[DATA]} devices of the 'data' axis, "
                          f"got {batch_size}")  # fmt: skip

@@ -22,46 +22,58 @@ PREDICTIONS = ("eps", "x0", "v", "score", "velocity", "edm")
 
 
 def x0_from_eps(*, x, eps, alpha, sigma):
+    """x0 = (x - sigma eps) / alpha."""
     return (x - sigma * eps) / alpha
 
 
 def eps_from_x0(*, x, x0, alpha, sigma):
+    """eps = (x - alpha x0) / sigma."""
     return (x - alpha * x0) / sigma
 
 
 def v_from_x0_eps(*, x0, eps, alpha, sigma):
+    """v = alpha eps - sigma x0 (Salimans & Ho 2022)."""
     return alpha * eps - sigma * x0
 
 
 def x0_from_v(*, x, v, alpha, sigma):
+    """x0 = (alpha x - sigma v) / (alpha^2 + sigma^2), exact for any (alpha, sigma)."""
     return (alpha * x - sigma * v) / (alpha**2 + sigma**2)
 
 
 def eps_from_v(*, x, v, alpha, sigma):
+    """eps = (sigma x + alpha v) / (alpha^2 + sigma^2), exact for any (alpha, sigma)."""
     return (sigma * x + alpha * v) / (alpha**2 + sigma**2)
 
 
 def score_from_eps(*, eps, sigma):
+    """score = grad log p_t(x) = -eps / sigma."""
     return -eps / sigma
 
 
 def eps_from_score(*, score, sigma):
+    """eps = -sigma score."""
     return -sigma * score
 
 
 def velocity_from_x0_eps(*, x0, eps, dalpha, dsigma):
+    """The flow velocity dx/dt = alpha' x0 + sigma' eps."""
     return dalpha * x0 + dsigma * eps
 
 
 def x0_from_velocity(*, x, velocity, alpha, sigma, dalpha, dsigma):
+    """x0 from the flow velocity u: (sigma' x - sigma u) / (alpha sigma' - sigma alpha')."""
     return (dsigma * x - sigma * velocity) / (alpha * dsigma - sigma * dalpha)
 
 
 def eps_from_velocity(*, x, velocity, alpha, sigma, dalpha, dsigma):
+    """eps from the flow velocity u: (alpha u - alpha' x) / (alpha sigma' - sigma alpha')."""
     return (alpha * velocity - dalpha * x) / (alpha * dsigma - sigma * dalpha)
 
 
 class EDMCoefficients(NamedTuple):
+    """EDM's preconditioning at one noise level: x0 = c_skip x_bar + c_out F(c_in x_bar, c_noise)."""
+
     c_skip: object
     c_out: object
     c_in: object
@@ -81,11 +93,13 @@ def edm_coefficients(*, alpha, sigma, sigma_data):
 
 
 def x0_from_edm(*, x, F, alpha, sigma, sigma_data):
+    """x0 = c_skip x / alpha + c_out F from EDM's network output F (Karras et al. 2022, eq. 7)."""
     c = edm_coefficients(alpha=alpha, sigma=sigma, sigma_data=sigma_data)
     return c.c_skip * (x / alpha) + c.c_out * F
 
 
 def edm_from_x0(*, x, x0, alpha, sigma, sigma_data):
+    """EDM's training target F = (x0 - c_skip x / alpha) / c_out, the inverse of `x0_from_edm`."""
     c = edm_coefficients(alpha=alpha, sigma=sigma, sigma_data=sigma_data)
     return (x0 - c.c_skip * (x / alpha)) / c.c_out
 

@@ -24,6 +24,7 @@ index for discrete schedules, t otherwise).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -35,21 +36,47 @@ from flax import struct
 from diffjax import _checks
 
 
-class Schedule:
-    """Methods shared by all schedules; subclasses define alpha, sigma, their derivatives,
-    logsnr and t_from_logsnr."""
+class Schedule(abc.ABC):
+    """The interface of every schedule, and the methods derived from it; a subclass defines alpha,
+    sigma, their time derivatives, logsnr and t_from_logsnr in closed form."""
 
     t_min: float
     t_max: float
+
+    @abc.abstractmethod
+    def alpha(self, t):
+        """The signal scale alpha(t) of x_t = alpha(t) x_0 + sigma(t) eps."""
+
+    @abc.abstractmethod
+    def sigma(self, t):
+        """The noise scale sigma(t) of x_t = alpha(t) x_0 + sigma(t) eps."""
+
+    @abc.abstractmethod
+    def dalpha(self, t):
+        """d alpha / dt."""
+
+    @abc.abstractmethod
+    def dsigma(self, t):
+        """d sigma / dt."""
+
+    @abc.abstractmethod
+    def logsnr(self, t):
+        """log(alpha(t)^2 / sigma(t)^2), strictly decreasing in t."""
+
+    @abc.abstractmethod
+    def t_from_logsnr(self, logsnr):
+        """The time at which `logsnr(t)` equals `logsnr`: the exact inverse of `logsnr`."""
 
     def ve_sigma(self, t):
         """EDM's noise level sigma / alpha: x / alpha = x_0 + ve_sigma * eps."""
         return jnp.exp(-0.5 * self.logsnr(t))
 
     def t_from_ve_sigma(self, ve_sigma):
+        """The time at which `ve_sigma(t)` equals `ve_sigma`."""
         return self.t_from_logsnr(-2.0 * jnp.log(ve_sigma))
 
     def dlogsnr(self, t):
+        """d logsnr / dt (negative)."""
         return 2.0 * (self.dalpha(t) / self.alpha(t) - self.dsigma(t) / self.sigma(t))
 
     def drift(self, t):
@@ -61,6 +88,8 @@ class Schedule:
         return -(self.sigma(t) ** 2) * self.dlogsnr(t)
 
     def model_time(self, t):
+        """The time input of a network trained with this schedule (t itself; discrete schedules
+        give the DDPM step index)."""
         return t
 
 
@@ -70,7 +99,8 @@ def same_schedule(a, b) -> bool:
     then), so the check is exact before tracing, where composed models are built.
 
     Args:
-      a, b: schedules.
+      a: a schedule.
+      b: another schedule.
 
     Returns:
       True if every model built on `a` sees the same alpha(t), sigma(t) as one built on `b`.
@@ -106,6 +136,7 @@ class VPLinear(Schedule):
     t_max: float = struct.field(pytree_node=False, default=1.0)
 
     def log_alpha(self, t):
+        """log alpha(t), the closed form the other quantities are computed from."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def alpha(self, t):
@@ -145,6 +176,7 @@ class VPCosine(Schedule):
         return 0.5 * jnp.pi * (t + self.s) / (1.0 + self.s)
 
     def log_alpha(self, t):
+        """log alpha(t), the closed form the other quantities are computed from."""
         return jnp.log(jnp.cos(self._angle(t))) - jnp.log(jnp.cos(self._angle(0.0)))
 
     def alpha(self, t):
@@ -316,6 +348,7 @@ class Discrete(Schedule):
 
     @property
     def alphas_cumprod(self):
+        """The DDPM alpha-bar of each training step, (num_train_timesteps,)."""
         return 1.0 / (1.0 + self.sigma_knots[1:] ** 2)
 
     def _segment(self, t):
@@ -371,13 +404,16 @@ class Shifted(Schedule):
 
     @property
     def t_min(self):
+        """The base schedule's t_min (a shift keeps the time range)."""
         return self.base.t_min
 
     @property
     def t_max(self):
+        """The base schedule's t_max."""
         return self.base.t_max
 
     def base_time(self, t):
+        """The base schedule's time t' with the same logsnr as the shifted schedule at t."""
         return self.base.t_from_logsnr(self.logsnr(t))
 
     def _dbase_time(self, t):
@@ -420,8 +456,10 @@ def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1
     -(beta_max - beta_min) t^2 / 4 - beta_min t / 2, sigma = sqrt(1 - alpha^2).
 
     Args:
-      beta_min, beta_max: beta(0) and beta(1), 0 < beta_min <= beta_max.
-      t_min, t_max: the time range in [0, 1].
+      beta_min: beta(0), > 0.
+      beta_max: beta(1), >= beta_min.
+      t_min: the first time, in [0, 1].
+      t_max: the last time, in [0, 1].
 
     Returns:
       A `VPLinear` schedule.
@@ -442,7 +480,8 @@ def vp_cosine(s: float = 0.008, *, t_min: float = 1e-3, t_max: float = 0.9946):
 
     Args:
       s: the offset s > 0.
-      t_min, t_max: the time range in [0, 1] (t_max < 1 keeps alpha > 0).
+      t_min: the first time, in [0, 1].
+      t_max: the last time, in [0, 1] (t_max < 1 keeps alpha > 0).
 
     Returns:
       A `VPCosine` schedule.
@@ -459,8 +498,10 @@ def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 0.0, 
     """The VE schedule of score_sde (Song et al. 2021): alpha = 1, sigma = sigma_min (sigma_max / sigma_min)^t.
 
     Args:
-      sigma_min, sigma_max: 0 < sigma_min < sigma_max.
-      t_min, t_max: the time range in [0, 1].
+      sigma_min: the smallest noise level, > 0.
+      sigma_max: the largest noise level, > sigma_min.
+      t_min: the first time, in [0, 1].
+      t_max: the last time, in [0, 1].
 
     Returns:
       A `VE` schedule.
@@ -480,7 +521,8 @@ def edm(sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80
 
     Args:
       sigma_data: the data's standard deviation (EDM's preconditioning), > 0.
-      sigma_min, sigma_max: the noise range, 0 < sigma_min < sigma_max.
+      sigma_min: the smallest noise level, > 0.
+      sigma_max: the largest noise level, > sigma_min.
 
     Returns:
       An `EDM` schedule.
@@ -499,7 +541,8 @@ def rectified_flow(*, t_min: float = 0.0, t_max: float = 1.0):
     """The rectified-flow path (Liu et al. 2023; SD3): alpha = 1 - t, sigma = t.
 
     Args:
-      t_min, t_max: the time range in [0, 1].
+      t_min: the first time, in [0, 1].
+      t_max: the last time, in [0, 1].
 
     Returns:
       A `RectifiedFlow` schedule.
@@ -516,8 +559,10 @@ def interpolant(alpha_fn: Callable, sigma_fn: Callable, *, t_min: float = 0.0, t
     bisection).
 
     Args:
-      alpha_fn, sigma_fn: callables t -> alpha(t), sigma(t) (logSNR must decrease in t).
-      t_min, t_max: the time range.
+      alpha_fn: a callable t -> alpha(t).
+      sigma_fn: a callable t -> sigma(t) (logSNR must decrease in t).
+      t_min: the first time of the range.
+      t_max: the last time of the range.
 
     Returns:
       An `Interpolant` schedule.

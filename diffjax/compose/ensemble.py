@@ -84,6 +84,7 @@ class ExactRouter(Value):
 
     @property
     def num_experts(self) -> int:
+        """The number of experts, one mixture each."""
         return len(self.mixtures)
 
     def __call__(self, x, t):
@@ -108,6 +109,7 @@ class LogitsRouter(Value):
 
     @property
     def schedule(self):
+        """The schedule of the router's network, if it has one (None otherwise)."""
         return getattr(self.logits_fn, "schedule", None)
 
     def __call__(self, x, t):
@@ -133,10 +135,12 @@ class Ensemble(Value):
 
     @property
     def schedule(self):
+        """The experts' shared schedule."""
         return self.experts[0].schedule
 
     @property
     def num_experts(self) -> int:
+        """The number of experts."""
         return len(self.experts)
 
     def log_weights(self, x, t) -> jax.Array:

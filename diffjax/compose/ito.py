@@ -151,10 +151,12 @@ class Stack(Value):
 
     @property
     def schedule(self) -> Schedule:
+        """The models' shared schedule (checked equal when the stack is built)."""
         return self.denoisers[0].schedule
 
     @property
     def num_models(self) -> int:
+        """M, the number of stacked denoisers."""
         return len(self.denoisers)
 
     def _call_one(self, den, x, t, cond):
@@ -262,6 +264,7 @@ class DensityState(NamedTuple):
 
     @property
     def x(self):
+        """The current sample, the inner solver state's `x`."""
         return self.inner.x
 
 
@@ -384,6 +387,7 @@ class ItoDensity(Tracking):
     num_probes: int = 1
 
     def weights(self, state, stack_, preds, div, step_fn, key, t, t_next):
+        """The stack's own weights kappa (fixed, broadcast to (B, M)): the density is tracked, not used."""
         del preds, div, step_fn, key, t, t_next
         w = jnp.asarray(stack_.weights, state.kappa.dtype)
         return jnp.broadcast_to(w, state.kappa.shape)

@@ -131,6 +131,8 @@ class SuperDiff(Value, ito.Tracking):
     num_probes: int = struct.field(pytree_node=False, default=1)
 
     def weights(self, state, stack_, preds, div, step_fn, key, t, t_next):
+        """The mixing weights kappa (B, M) of one step: a softmax of the tracked log-densities for 'or',
+        the weights that keep the models' log-densities equal after the step for 'and' (Skreta et al. 2025)."""
         if self.mode == "or":
             logits = self.temperature * state.log_q + self.bias
             return jax.nn.softmax(logits, axis=-1).astype(state.kappa.dtype)

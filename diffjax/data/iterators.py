@@ -74,10 +74,12 @@ class ArrayBatches:
 
     @property
     def size(self) -> int:
+        """The number of examples."""
         return len(jax.tree.leaves(self.data)[0])
 
     @property
     def steps_per_epoch(self) -> int:
+        """Full batches per pass over the data (a partial last batch is dropped)."""
         return self.size // self.batch_size
 
     def indices(self, step: int) -> np.ndarray:

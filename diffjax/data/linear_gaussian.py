@@ -44,16 +44,19 @@ class LinearGaussian:
         self.mean, self.cov = jnp.asarray(mean), jnp.asarray(cov)
 
     def tree_flatten(self):
+        """The pytree leaves (mean, cov)."""
         return (self.mean, self.cov), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """A prior from its leaves, unchecked (they may be tracers)."""
         obj = object.__new__(cls)
         obj.mean, obj.cov = children
         return obj
 
     @property
     def dim(self) -> int:
+        """d, the dimension of the data."""
         return self.mean.shape[0]
 
     def _gain(self, schedule: Schedule, t, x):

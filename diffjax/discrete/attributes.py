@@ -298,8 +298,11 @@ def text_attribute_classifier(
       length: L, the window length (the generated sequences' length).
       stride: the step between training windows (default L // 4: overlapping windows, more data);
         held-out windows do not overlap.
-      held_out_fraction, seed: the topic split (`diffjax.data.text.split_text`).
-      steps, learning_rate, l2: as `fit_attribute_classifier` (class-balanced).
+      held_out_fraction: the topic split's held-out fraction (`diffjax.data.text.split_text`).
+      seed: the split's seed.
+      steps: as `fit_attribute_classifier` (class-balanced).
+      learning_rate: as `fit_attribute_classifier`.
+      l2: as `fit_attribute_classifier`.
 
     Returns:
       `AttributeFit(classifier, accuracy, base_rate)` on the held-out windows.

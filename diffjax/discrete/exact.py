@@ -176,7 +176,9 @@ def ancestral_law(
         `.vocab_size` V.
       timesteps: the decreasing grid the sampler runs on (T + 1 times).
       z: the start tokens (1, L), mask id V where free; visible tokens (a prompt) are kept.
-      temperature, top_k, top_p: the sampler's reshaping of mu (as `samplers.ancestral`).
+      temperature: the sampler's reshaping of mu (as `samplers.ancestral`).
+      top_k: as `samplers.ancestral`.
+      top_p: as `samplers.ancestral`.
       noise_removal: as `sample`: after the last step, masks -> the argmax of mu at timesteps[-1].
 
     Returns:
@@ -225,7 +227,9 @@ def first_hitting_law(denoiser, z, *, temperature: float = 1.0, top_k: int = 0, 
       denoiser: a time-agnostic masked-diffusion denoiser (`.time_agnostic` True) with `.schedule`
         and `.vocab_size` V.
       z: the start tokens (1, L), mask id V where free.
-      temperature, top_k, top_p: the sampler's reshaping of mu (as `samplers.first_hitting`).
+      temperature: the sampler's reshaping of mu (as `samplers.first_hitting`).
+      top_k: as `samplers.first_hitting`.
+      top_p: as `samplers.first_hitting`.
 
     Returns:
       (S,) probabilities over `all_states(V, L)`, all on mask-free states.

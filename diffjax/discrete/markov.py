@@ -50,6 +50,7 @@ class MarkovChain(Value):
 
     @property
     def vocab_size(self) -> int:
+        """V, the number of tokens (the mask token is V)."""
         return self.log_pi.shape[0]
 
     def _log_evidence_terms(self, z):
@@ -151,6 +152,7 @@ class MarkovDenoiser(Value):
 
     @property
     def vocab_size(self) -> int:
+        """V, the chain's number of tokens."""
         return self.chain.vocab_size
 
     def __call__(self, z, t):

@@ -248,6 +248,8 @@ class TokenGenerator:
     noise_removal: bool = struct.field(pytree_node=False, default=True)
 
     def fn(self, noise, cond):
+        """Token sequences (N, L) and the NFE per sequence from standard-normal noise (N, T, L) under
+        conditions `cond`, as the class docstring says."""
         den = self.denoiser if cond is None else self.denoiser.replace(cond=cond)
         ts, sched, s = self.timesteps, self.denoiser.schedule, self.sampler
         x = jnp.full((noise.shape[0], noise.shape[2]), den.vocab_size, jnp.int32)
@@ -330,7 +332,9 @@ def first_hitting(*, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.
     """The first-hitting sampler (Zheng et al. 2024): exact next unmasking times, one token per call.
 
     Args:
-      temperature, top_k, top_p: as `ancestral`.
+      temperature: as `ancestral`.
+      top_k: as `ancestral`.
+      top_p: as `ancestral`.
 
     Returns:
       A `FirstHitting` sampler value.

@@ -149,6 +149,7 @@ class ClassifierFree(Value):
 
     @property
     def schedule(self):
+        """The wrapped denoiser's schedule."""
         return self.denoiser.schedule
 
     def __call__(self, x, t, cond=None) -> Prediction:
@@ -188,6 +189,7 @@ class ClassifierFreePP(Value):
 
     @property
     def schedule(self):
+        """The wrapped denoiser's schedule."""
         return self.denoiser.schedule
 
     def __call__(self, x, t, cond=None) -> Prediction:

@@ -71,6 +71,7 @@ class ClassifierGuided(Value):
 
     @property
     def schedule(self):
+        """The wrapped denoiser's schedule."""
         return self.denoiser.schedule
 
     def __call__(self, x, t, cond=None) -> Prediction:

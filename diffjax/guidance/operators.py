@@ -227,8 +227,10 @@ def box_mask(event_shape, top: int, left: int, height: int, width: int) -> np.nd
 
     Args:
       event_shape: (H, W, *channels).
-      top, left: the box's top-left pixel, ints >= 0.
-      height, width: the box's size, ints >= 1, the box inside the image.
+      top: the box's first row, an int >= 0.
+      left: the box's first column, an int >= 0.
+      height: the box's height, an int >= 1 (the box inside the image).
+      width: the box's width, an int >= 1 (the box inside the image).
 
     Returns:
       A float numpy array of `event_shape`, 1 = observed, 0 = missing.

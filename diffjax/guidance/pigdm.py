@@ -92,6 +92,7 @@ class PiGDM(Value):
 
     @property
     def schedule(self):
+        """The wrapped denoiser's schedule."""
         return self.denoiser.schedule
 
     def _residual(self, x0):

@@ -215,7 +215,8 @@ def log_likelihood(
         >= 3), fixed over the whole solve.
       probe: "rademacher" or "gaussian".
       method: "tsit5", "dopri5" or "dopri8".
-      rtol, atol: the PID controller's tolerances, finite and > 0.
+      rtol: the PID controller's relative tolerance, finite and > 0.
+      atol: its absolute tolerance, finite and > 0.
       t0: the data end of the ODE (default: `default_times`).
       t1: the noise end (default: the schedule's t_max).
       prior: a callable x_{t1} -> log p_{t1}(x_{t1}) of shape (B,) (a value or a function), default

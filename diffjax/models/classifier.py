@@ -27,6 +27,8 @@ from diffjax.models.unet import ResBlock, check_images, check_levels
 
 
 class ClassifierOutput(NamedTuple):
+    """The classifier's logits and the penultimate features the metrics (digits-FID) use."""
+
     logits: jax.Array  # (B, num_classes), float32
     features: jax.Array  # (B, feature_dim), float32: the metrics' feature space
 

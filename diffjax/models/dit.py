@@ -31,10 +31,12 @@ def sincos_2d(dim: int, height: int, width: int) -> np.ndarray:
 
 
 def modulate(x, shift, scale):
+    """adaLN's modulation x (1 + scale) + shift, per example over the token axis."""
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
 def layer_norm(dtype):
+    """DiT's affine-free LayerNorm (epsilon 1e-6), computed in `dtype`."""
     return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype)
 
 

@@ -55,6 +55,8 @@ from diffjax.solvers.multistep import (
 
 
 class DEISState(NamedTuple):
+    """DEIS's state: the sample, the eps history of the previous order - 1 steps and their half-logSNRs."""
+
     x: jax.Array
     eps: History  # noise predictions of the previous order - 1 steps, values (size, N, ...)
     lam: jax.Array  # (order,) newest-first half-logSNRs, the current step's first (not per particle)

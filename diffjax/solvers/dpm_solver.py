@@ -272,6 +272,9 @@ def dpm_solver_fast(nfe: int, order: int = 3, *, algorithm="dpmsolver", solver_t
 
 
 class MultistepState(NamedTuple):
+    """The multistep DPM-Solver's state: the sample and the model outputs and half-logSNRs of the
+    previous steps."""
+
     x: jax.Array
     i: jax.Array  # steps taken so far (not per particle)
     n: jax.Array  # steps in the grid (not per particle)

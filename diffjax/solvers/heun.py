@@ -21,6 +21,8 @@ from diffjax.solvers.base import Solver, StepInfo, noise_like, solver_value, tak
 
 
 class HeunState(NamedTuple):
+    """Heun's state: the sample and the churn gamma fixed by the grid's length."""
+
     x: jax.Array
     gamma: jax.Array  # min(S_churn / N, sqrt(2) - 1), fixed by the grid's length (not per particle)
 

@@ -62,6 +62,8 @@ _AB = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 
 
 
 class PNDMState(NamedTuple):
+    """PNDM/PLMS's state: the sample and the eps of the previous order - 1 steps."""
+
     x: jax.Array
     eps: History  # eps(x, t) of the previous order - 1 steps, values (order - 1, N, ...)
     count: jax.Array  # int32: how many entries of `eps` are filled (not per particle)

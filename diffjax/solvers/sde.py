@@ -31,6 +31,8 @@ from diffjax.solvers.base import GaussianSolver, Solver, Wrapper, check_solver, 
 
 
 class EulerMaruyamaState(NamedTuple):
+    """Euler–Maruyama's state: the sample and the step count (for the last, noiseless step)."""
+
     x: jax.Array
     step: jax.Array  # int32: steps taken (not per particle)
     num_steps: jax.Array  # int32: the grid's number of steps (not per particle)

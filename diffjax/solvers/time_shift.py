@@ -54,6 +54,7 @@ class TimeShiftState(NamedTuple):
 
     @property
     def x(self):
+        """The current sample, the inner state's `x`."""
         return self.inner.x
 
 

@@ -59,6 +59,9 @@ from diffjax.solvers.multistep import START_ORDER, check_bool, check_start, glob
 
 
 class UniPCState(NamedTuple):
+    """UniPC's state: the predicted sample, the one the last step started from, and the x0 history with
+    its half-logSNRs (for the corrector)."""
+
     x: jax.Array  # the predicted sample at the current time, not yet corrected
     x_prev: jax.Array  # the (corrected) sample the previous step started from
     t_prev: jax.Array  # and its time (not per particle)

@@ -445,7 +445,14 @@ def importance_sample(solver: Solver, denoiser, timesteps, key, x_T, reward: Cal
     result is best-of-N (random search over the starting noise and the solver's noise).
 
     Args:
-      solver, denoiser, timesteps, key, x_T, reward, lmbda, cond: as for `fk_steer`.
+      solver: the sampler, as for `fk_steer`.
+      denoiser: as for `fk_steer`.
+      timesteps: as for `fk_steer`.
+      key: a typed key.
+      x_T: (B, K, *event) start noise, as for `fk_steer`.
+      reward: r(x0, cond) -> (N,), as for `fk_steer`.
+      lmbda: the tilt: the target is p(x) exp(lmbda r(x)) / Z.
+      cond: optional conditions, one per row of B, as for `fk_steer`.
 
     Returns:
       `Particles` whose weights are softmax(lmbda r(x0)) per condition.

@@ -25,6 +25,9 @@ from diffjax import _checks
 
 
 class Normalised(NamedTuple):
+    """What `normalise` returns: normalised log-weights (K,), the input's logsumexp, and whether every
+    input weight was zero (then the output is uniform)."""
+
     log_weights: jax.Array  # (K,) log of weights summing to 1
     log_total: jax.Array  # logsumexp of the input log-weights (-inf when none is finite)
     degenerate: jax.Array  # bool: every input log-weight was -inf or NaN (the output is uniform)
@@ -154,6 +157,9 @@ def fk_paper_schedule(num_steps: int) -> Schedule:
 
 
 class Resampled(NamedTuple):
+    """What `maybe_resample` returns: the ancestors (K,), the log-weights carried on, the log Z-hat
+    increment and whether it resampled."""
+
     ancestors: jax.Array  # (K,) int32: particle j continues ancestors[j] (arange when not resampled)
     log_weights: jax.Array  # (K,) the weights carried on: 0 after resampling, else the input's
     log_z_increment: jax.Array  # log mean w before resampling (0 when not resampled)

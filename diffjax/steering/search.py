@@ -51,6 +51,7 @@ class Generator:
     function: Callable = struct.field(pytree_node=False)
 
     def fn(self, z, cond):
+        """`function(z, cond)`: samples and the NFE they cost."""
         return self.function(z, cond)
 
 
@@ -66,6 +67,7 @@ class ODEGenerator:
     sigma_T: jax.Array  # sigma at timesteps[0], computed once on the host (the same bits everywhere)
 
     def fn(self, z, cond):
+        """The deterministic sampler's output from start noise sigma_T z, and its NFE."""
         x, info = sample(self.solver, self.denoiser, self.timesteps, jax.random.key(0), self.sigma_T * z, cond=cond)
         return x, info.nfe
 

@@ -38,18 +38,24 @@ class SeedBank(NamedTuple):
     description: str = ""
 
     def noise(self, n: int, shape: tuple, dtype=jnp.float32):
+        """The standard-normal noise (n, *shape) of the best n seeds, each seed's the same as `seed_noise` gives.
+
+        Raises:
+          ValueError: if the bank holds fewer than n seeds."""
         n = _checks.positive_int("n", n)
         if n > len(self.seeds):
             raise ValueError(f"the bank holds {len(self.seeds)} seeds, asked for n={n}")
         return seed_noise(np.asarray(self.seeds[:n]), tuple(shape), dtype)
 
     def save(self, path) -> None:
+        """Write the bank to `path` as JSON (seeds, scores, description)."""
         with open(path, "w") as f:
             json.dump({"seeds": list(self.seeds), "scores": list(self.scores), "description": self.description}, f,
                       indent=1)  # fmt: skip
 
     @classmethod
     def load(cls, path) -> SeedBank:
+        """Read a bank written by `save`."""
         with open(path) as f:
             data = json.load(f)
         return cls(tuple(int(s) for s in data["seeds"]), tuple(float(s) for s in data["scores"]),

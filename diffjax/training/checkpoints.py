@@ -27,6 +27,15 @@ def _orbax():
 
 
 def manager(directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
+    """An Orbax checkpoint manager over `directory` with asynchronous saves.
+
+    Args:
+      directory: where the step folders go (made absolute).
+      max_to_keep: how many of the newest checkpoints to keep.
+      save_interval_steps: save only at steps divisible by this (`save(force=True)` overrides).
+
+    Returns:
+      An `orbax.checkpoint.CheckpointManager`."""
     ocp = _orbax()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, enable_async_checkpointing=True

@@ -28,6 +28,8 @@ from diffjax.training import time_sampling
 
 
 class ClassifierAux(NamedTuple):
+    """The classifier loss's metrics: batch accuracy, and the training times (None when clean)."""
+
     accuracy: jax.Array  # fraction of the batch whose argmax logit is the label
     t: jax.Array | None  # the training times (B,), None when clean
 
@@ -39,6 +41,9 @@ def accuracy(logits, labels) -> jax.Array:
 
 @struct.dataclass
 class ClassifierLoss:
+    """Cross-entropy of a (noise-aware) classifier; build it with `classifier_loss`. With a schedule,
+    images are noised to times drawn by `time_sampler` and the classifier sees the time."""
+
     schedule: Schedule | None
     time_sampler: object = struct.field(pytree_node=False)
 

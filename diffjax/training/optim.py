@@ -22,6 +22,20 @@ def adamw(
     b2: float = 0.999,
     clip_norm: float | None = 1.0,
 ) -> optax.GradientTransformation:
+    """AdamW with warmup, cosine decay and gradient clipping: the configs' optimizer.
+
+    Args:
+      learning_rate: the peak learning rate.
+      total_steps: the run's number of optimizer steps (the cosine's length).
+      warmup_steps: linear warmup from 0 over this many steps (< total_steps).
+      end_fraction: the final learning rate as a fraction of the peak, in [0, 1].
+      weight_decay: decoupled weight decay.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      clip_norm: clip gradients to this global norm first (None: no clipping).
+
+    Returns:
+      An `optax.GradientTransformation`."""
     learning_rate = _checks.positive("learning_rate", learning_rate)
     total_steps = _checks.positive_int("total_steps", total_steps)
     warmup_steps = _checks.positive_int("warmup_steps", warmup_steps, 0)
@@ -51,4 +65,5 @@ def ema_decay(*, decay: float | None = None, half_life_steps: float | None = Non
 
 
 def ema_update(ema_params, params, decay):
+    """decay * ema + (1 - decay) * params, leaf by leaf: one step of the parameters' moving average."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)

@@ -86,6 +86,7 @@ class Run:
 
     @property
     def is_classifier(self) -> bool:
+        """Whether the run trained a classifier (then it has no denoiser)."""
         return isinstance(self.module, models.Classifier)
 
     @property

@@ -15,6 +15,9 @@ from flax import struct
 
 @struct.dataclass
 class TrainState:
+    """A training run's whole state, checkpointed as one pytree: the step, parameters, their EMA, the
+    optimizer state and the run's key (as raw key data, which Orbax can save)."""
+
     step: jax.Array  # int32: optimizer steps taken (= batches consumed)
     params: Any
     ema_params: Any
@@ -23,10 +26,20 @@ class TrainState:
 
     @property
     def key(self):
+        """The run's typed key; step i uses `fold_in(key, i)`."""
         return jax.random.wrap_key_data(self.rng)
 
 
 def init_state(params, optimizer: optax.GradientTransformation, key) -> TrainState:
+    """The state at step 0: the EMA starts at the parameters.
+
+    Args:
+      params: the network's initial parameters.
+      optimizer: the optax transformation whose state is initialised.
+      key: the run's typed key.
+
+    Returns:
+      A `TrainState`."""
     return TrainState(
         step=jnp.int32(0),
         params=params,
