@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
-from helpers import OPTIMIZATION_FLAG
+from helpers import OPTIMIZATION_FLAG, optimized_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,18 +26,18 @@ def _command(workdir, *overrides, config="configs/train.py:moons"):
     return [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
 
 
-def _env(devices=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _env(devices=None, optimized=False):
+    env = optimized_env() if optimized else {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
         env["XLA_FLAGS"] = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count={devices}"
     return env
 
 
-def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True):
+def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True, optimized=False):
     cmd = _command(workdir, *overrides, config=config)
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(devices, optimized), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads((workdir / "final.json").read_text())
 
@@ -53,7 +53,7 @@ def _losses(workdir):
 def test_toy_mlp_samples_are_as_close_to_the_data_as_fresh_data(tmp_path):
     # Sliced W2^2 of 2000 samples against fresh data, within 2x of two fresh data sets' distance. Batches of
     # 256 rather than the config's 512 (CI time): measured 0.82x the data's own distance.
-    final = _train(tmp_path, "--config.batch_size=256")
+    final = _train(tmp_path, "--config.batch_size=256", optimized=True)
     assert final["sliced_w2"] < 2 * final["sliced_w2_data_vs_data"], final
     assert (tmp_path / "samples_2000.png").exists() and (tmp_path / "loss.png").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
@@ -186,7 +186,7 @@ def digits_run(tmp_path_factory):
     _train(workdir, "--config.optim.total_steps=200", "--config.log_every=20", "--config.checkpoint_every=200",
            "--config.batch_size=64", "--config.model.args.channels=16", "--config.optim.learning_rate=1e-3",
            "--config.optim.warmup_steps=20", "--config.sample.num=16", "--config.sample.steps=10",
-           config="configs/train.py:digits_unet")  # fmt: skip
+           config="configs/train.py:digits_unet", optimized=True)  # fmt: skip
     return workdir
 
 
