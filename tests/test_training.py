@@ -3,7 +3,6 @@ parallelism over 8 devices gives the loss curve of one device. A finished run re
 `load_run` and redraws its samples bit for bit; running its command again changes nothing; another
 model in its workdir is refused."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,12 +11,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-import diffjax as dj
-from helpers import OPTIMIZATION_FLAG, optimized_env
+from helpers import optimized_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,18 +23,31 @@ def _command(workdir, *overrides, config="configs/train.py:moons"):
     return [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
 
 
-def _env(devices=None, optimized=False):
+def _env(devices=None, optimized=True):
+    """The training commands' environment: optimized XLA:CPU (`helpers.optimized_env`), so whatever is
+    compared bit for bit with a run here runs in a process with this environment too (`_python`).
+    Runs of a few steps, whose compiling outweighs their running, keep the suite's -O0 (optimized=False:
+    the tiny tour takes 203 s optimized against 168 s at -O0)."""
     env = optimized_env() if optimized else {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
-        env["XLA_FLAGS"] = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}".strip()
     return env
 
 
-def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True, optimized=False):
+def _python(code):
+    """Run `code` in a process of its own with the training commands' environment; its last line of
+    output, read as JSON."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True, optimized=True):
     cmd = _command(workdir, *overrides, config=config)
+    env = _env(devices, optimized)
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(devices, optimized), capture_output=True, text=True, timeout=900)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads((workdir / "final.json").read_text())
 
@@ -53,7 +63,7 @@ def _losses(workdir):
 def test_toy_mlp_samples_are_as_close_to_the_data_as_fresh_data(tmp_path):
     # Sliced W2^2 of 2000 samples against fresh data, within 2x of two fresh data sets' distance. Batches of
     # 256 rather than the config's 512 (CI time): measured 0.82x the data's own distance.
-    final = _train(tmp_path, "--config.batch_size=256", optimized=True)
+    final = _train(tmp_path, "--config.batch_size=256")
     assert final["sliced_w2"] < 2 * final["sliced_w2_data_vs_data"], final
     assert (tmp_path / "samples_2000.png").exists() and (tmp_path / "loss.png").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
@@ -82,37 +92,49 @@ def _snapshot(directory):
     return out
 
 
-def _digest(tree):
-    """train.py's parameter digest: SHA-256 of every leaf's bytes."""
-    digest = hashlib.sha256()
+# train.py's parameter digest (SHA-256 of every leaf's bytes), for code run by `_python`
+DIGEST = """
+import hashlib, json, jax, numpy as np, diffjax as dj
+def digest(tree):
+    h = hashlib.sha256()
     for leaf in jax.tree.leaves(jax.device_get(tree)):
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return digest.hexdigest()
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+"""
 
 
-def test_load_run_redraws_the_samples_train_py_wrote_bit_identically(moons_run):
+def test_load_run_redraws_the_samples_train_py_wrote_bit_identically(moons_run, tmp_path):
     workdir, final = moons_run
-    with jax.enable_x64(False):  # as train.py ran (tests default to float64)
-        run = dj.training.load_run(str(workdir))
-        samples = dj.training.draw_samples(run)
-    assert run.step == final["step"] == 400 and run.event_shape == (2,)
-    assert run.num_classes is None and run.null_label is None and isinstance(run.module, dj.models.MLP)
-    assert _digest(run.ema_params) == final["ema_params_sha256"] and _digest(run.params) == final["params_sha256"]
-    assert run.denoiser.params is run.ema_params and run.denoiser_for(run.params).params is run.params
-    assert run.config.optim.total_steps == 400 and run.config.sample.num == 200
-    np.testing.assert_array_equal(samples, np.load(workdir / "samples_400.npz")["samples"])
+    out = _python(
+        DIGEST
+        + f"""
+run = dj.training.load_run({str(workdir)!r})
+np.save({str(tmp_path / "redrawn.npy")!r}, dj.training.draw_samples(run))
+assert run.num_classes is None and run.null_label is None and isinstance(run.module, dj.models.MLP)
+assert run.denoiser.params is run.ema_params and run.denoiser_for(run.params).params is run.params
+print(json.dumps(dict(step=run.step, event=run.event_shape, total=run.config.optim.total_steps,
+                      num=run.config.sample.num, params=digest(run.params), ema=digest(run.ema_params))))
+"""
+    )
+    assert out == {"step": 400, "event": [2], "total": 400, "num": 200, "params": final["params_sha256"],
+                   "ema": final["ema_params_sha256"]}  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "redrawn.npy"), np.load(workdir / "samples_400.npz")["samples"])
 
 
 def test_fit_in_memory_ends_bit_identically_where_train_py_ended(moons_run):
     """`dj.training.fit` of the config a train.py run saved: the same parameters, EMA and logged losses,
     bit for bit (the same compiled steps over the same batches, in one process, without checkpoints)."""
     workdir, final = moons_run
-    with jax.enable_x64(False):  # as train.py ran
-        config = dj.training.load_run(str(workdir)).config
-        run, history = dj.training.fit(config, progress=False)
-    assert run.step == 400 and run.workdir is None
-    assert _digest(run.params) == final["params_sha256"] and _digest(run.ema_params) == final["ema_params_sha256"]
-    assert history == [{k: v for k, v in row.items() if k != "examples_per_s"} for row in _log(workdir)]
+    out = _python(
+        DIGEST
+        + f"""
+run, history = dj.training.fit(dj.training.load_run({str(workdir)!r}).config, progress=False)
+assert run.step == 400 and run.workdir is None
+print(json.dumps(dict(params=digest(run.params), ema=digest(run.ema_params), history=history)))
+"""
+    )
+    assert out["params"] == final["params_sha256"] and out["ema"] == final["ema_params_sha256"]
+    assert out["history"] == [{k: v for k, v in row.items() if k != "examples_per_s"} for row in _log(workdir)]
 
 
 def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moons_run):
@@ -170,8 +192,8 @@ def test_eight_devices_give_the_loss_curve_of_one(tmp_path):
     eight = tmp_path / "eight"
     # 50 steps, 5 losses logged (the last override wins)
     shorter = [*SHORT, "--config.optim.total_steps=50", "--config.log_every=10", "--config.steps_per_call=10"]
-    _train(one, *shorter, "--config.num_devices=1", devices=8)
-    _train(eight, *shorter, "--config.num_devices=8", devices=8)
+    _train(one, *shorter, "--config.num_devices=1", devices=8, optimized=False)
+    _train(eight, *shorter, "--config.num_devices=8", devices=8, optimized=False)
     np.testing.assert_allclose(_losses(eight), _losses(one), rtol=1e-4)
 
 
@@ -186,7 +208,7 @@ def digits_run(tmp_path_factory):
     _train(workdir, "--config.optim.total_steps=200", "--config.log_every=20", "--config.checkpoint_every=200",
            "--config.batch_size=64", "--config.model.args.channels=16", "--config.optim.learning_rate=1e-3",
            "--config.optim.warmup_steps=20", "--config.sample.num=16", "--config.sample.steps=10",
-           config="configs/train.py:digits_unet", optimized=True)  # fmt: skip
+           config="configs/train.py:digits_unet")  # fmt: skip
     return workdir
 
 
@@ -307,7 +329,7 @@ def test_every_image_config_builds_and_trains(tmp_path, config):
     sampling = ["--config.sample.num=4", "--config.sample.steps=2"] if "train.py" in config else []
     final = _train(tmp_path, "--config.optim.total_steps=2", "--config.optim.warmup_steps=1", "--config.batch_size=8",
                    "--config.checkpoint_every=2", "--config.log_every=1", *SMALL_IMAGE_RUNS[config], *sampling,
-                   config=config)  # fmt: skip
+                   config=config, optimized=False)  # fmt: skip
     assert final["step"] == 2 and np.all(np.isfinite(_losses(tmp_path)))
     if config.endswith("shapes_unet"):  # the attribute reward on procedural images, through steer.py
         cmd = [sys.executable, "experiments/steer.py", "--config=configs/steer.py:shapes", f"--config.run={tmp_path}",
@@ -384,7 +406,7 @@ def ensemble_runs(tmp_path_factory):
     """2-step runs of configs/ensemble.py's two experts and router (tiny networks), trained side by side."""
     root = tmp_path_factory.mktemp("ensemble")
     procs = {arg: _train(root / arg, *ENSEMBLE_SMALL, *(EXPERT_SMALL if arg != "router" else []),
-                         config=f"configs/ensemble.py:{arg}", wait=False)
+                         config=f"configs/ensemble.py:{arg}", wait=False, optimized=False)
              for arg in ("expert0", "expert1", "router")}  # fmt: skip
     for arg, proc in procs.items():
         _, err = proc.communicate(timeout=600)
