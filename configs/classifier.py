@@ -25,13 +25,14 @@ def get_config(arg: str = "digits"):
     c.compute_dtype = "float32"
     c.schedule = "vp_cosine"  # only for noisy training
     c.optim = ml_collections.ConfigDict(
-        dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500, weight_decay=1e-4, clip_norm=1.0)
+        dict(learning_rate=1e-3, warmup_steps=100, total_steps=1500, weight_decay=1e-4, clip_norm=1.0, skip_nonfinite=0)
     )
     c.ema_decay = 0.99
     c.batch_size = 128
     c.steps_per_call = 1  # XLA:CPU runs convolutions in loops slowly; raise it on accelerators
     c.log_every = 50
     c.checkpoint_every = 500
+    c.overwrite = False  # True: move a run already in --workdir to <workdir>/previous-<n>, start afresh
     c.keep_checkpoints = 2
     args = dict(channels=32, channel_mults=(1, 2), num_res_blocks=1, num_groups=8, feature_dim=64, dropout=0.1)
     c.model = ml_collections.ConfigDict(dict(name="classifier", args=args))

@@ -87,13 +87,14 @@ def get_config(arg: str = "moons"):
     # error by 1/alpha ~ 120 near vp_cosine's t_max (sampled moons then had outliers at |x| ~ 100).
     c.loss = ml_collections.ConfigDict(dict(prediction="v", weighting="uniform", time_sampler=""))
     c.optim = ml_collections.ConfigDict(
-        dict(learning_rate=1e-3, warmup_steps=100, total_steps=2000, weight_decay=0.0, clip_norm=1.0)
+        dict(learning_rate=1e-3, warmup_steps=100, total_steps=2000, weight_decay=0.0, clip_norm=1.0, skip_nonfinite=0)
     )
     c.ema_decay = 0.999
     c.batch_size = 512
     c.steps_per_call = 50
     c.log_every = 100
     c.checkpoint_every = 500
+    c.overwrite = False  # True: move a run already in --workdir to <workdir>/previous-<n>, start afresh
     c.keep_checkpoints = 3
     c.sample_every = 0  # 0: only at the end
     c.sample = ml_collections.ConfigDict(dict(solver="dpmpp_2m", grid="logsnr_uniform", steps=30, num=2000))

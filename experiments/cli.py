@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 USAGE_ERROR = 2  # the exit code of a ValueError
+NONFINITE_ERROR = 3  # the exit code of a run that turned NaN or inf (a FloatingPointError)
 HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 _REQUIRED = re.compile(r"Flag --(\w+) must have a value other than None")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "print the config's fields (type, value) and exit")
@@ -190,16 +191,17 @@ def _print_config() -> bool:
     return False
 
 
-def _usage_error(error: ValueError):
+def _one_line_exit(error: Exception, code: int):
     if os.environ.get("DIFFJAX_TRACEBACK"):
         raise error
-    print(f"ValueError: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
+    print(f"{type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(code)
 
 
 def run(main):
     """`app.run(main)` with `parse_flags`, a ValueError from either ending the program with one line
-    on stderr and exit code 2 (`USAGE_ERROR`).
+    on stderr and exit code 2 (`USAGE_ERROR`); a FloatingPointError from main (training turned NaN,
+    `dj.training.loop.NonFiniteError`) ends it with one line and exit code 3 (`NONFINITE_ERROR`).
 
     Args:
       main: the experiment's `main(argv)`.
@@ -212,12 +214,14 @@ def run(main):
         try:
             return parse_flags(argv)
         except ValueError as error:
-            _usage_error(error)
+            _one_line_exit(error, USAGE_ERROR)
 
     def guarded(argv):
         try:
             return main(argv)
         except ValueError as error:
-            _usage_error(error)
+            _one_line_exit(error, USAGE_ERROR)
+        except FloatingPointError as error:
+            _one_line_exit(error, NONFINITE_ERROR)
 
     app.run(guarded, flags_parser=parser)

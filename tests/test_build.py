@@ -197,18 +197,35 @@ def test_label_dropout_is_refused_where_there_are_no_labels_to_drop():
         build.build_train_apply(_with(config, model=dict(name="mlp", args={}, label_dropout=0.1)), dj.models.MLP())
 
 
-def test_model_differences_name_the_model_fields_only():
+def test_config_differences_name_the_model_fields_only():
     config = _config()
     saved = json.loads(config.to_json())
-    assert build.model_differences(saved, config) == []
+    assert build.config_differences(saved, config) == []
     other = _with(config, model=dict(config.model.to_dict(), args=dict(config.model.args.to_dict(), channels=32)))
     other.optim.total_steps = 5  # the run length may change
     other.compute_dtype = "bfloat16"
-    assert build.model_differences(saved, other) == ["config.model.args.channels (saved 64, given 32)"]
+    assert build.config_differences(saved, other) == ["config.model.args.channels (saved 64, given 32)"]
     other.schedule = "vp_linear"
     del saved["data"]["split"]
-    assert build.model_differences(saved, other) == [
+    assert build.config_differences(saved, other) == [
         "config.data.split (saved <missing>, given 'train')",
         "config.model.args.channels (saved 64, given 32)",
         "config.schedule (saved 'vp_cosine', given 'vp_linear')",
     ]
+
+
+def test_resuming_must_agree_on_the_optimizer_batch_and_seed_but_not_the_run_length():
+    config = _config()
+    saved = json.loads(config.to_json())
+    other = _config()
+    other.optim.total_steps = 3 * config.optim.total_steps  # a finished run may be continued
+    other.compute_dtype, other.log_every, other.keep_checkpoints = "bfloat16", 2 * config.log_every, 1
+    resume = lambda c: build.config_differences(saved, c, build.RESUME_FIELDS, build.RESUME_MAY_CHANGE)
+    assert resume(other) == []
+    other.optim.learning_rate, other.batch_size, other.seed = 1e-5, 3, 7
+    assert resume(other) == [
+        "config.batch_size (saved 128, given 3)",
+        f"config.optim.learning_rate (saved {config.optim.learning_rate!r}, given 1e-05)",
+        "config.seed (saved 0, given 7)",
+    ]
+    assert build.config_differences(saved, other) == []  # the same model: its parameters load

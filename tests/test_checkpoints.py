@@ -1,4 +1,6 @@
-"""Checkpoints restore exactly, keep the config beside the state, and survive a damaged newest one."""
+"""Checkpoints restore exactly, keep the config beside the state, and cannot poison a run: a damaged
+or non-finite one is reported by path, skipped and (for a writer) kept aside as `bad-<step>`, and
+rotation deletes only complete checkpoints of diffjax."""
 
 import logging
 import os
@@ -36,22 +38,123 @@ def test_round_trip_is_exact_and_the_config_comes_back(tmp_path):
     mngr.close()
 
 
+def _flip_bytes(path):
+    """Invert four bytes in the middle of the file: a bad disk sector that still reads."""
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    open(path, "wb").write(bytes(data))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _delete_metadata(step_folder):
+    os.remove(os.path.join(step_folder, "state", "_METADATA"))
+
+
+def _contents(directory):
+    """{relative path: bytes} of every file under `directory`."""
+    out = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            out[os.path.relpath(os.path.join(root, name), directory)] = open(os.path.join(root, name), "rb").read()
+    return out
+
+
+DAMAGES = {
+    "flipped_bytes": lambda folder: _flip_bytes(_largest_file(folder)),  # reads, with wrong values
+    "truncated_file": lambda folder: _truncate(_largest_file(folder)),
+    "deleted_metadata": _delete_metadata,
+}
+
+
 # Orbax leaves the damaged checkpoint's TensorStore handles to the garbage collector.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
-    mngr = checkpoints.manager(str(tmp_path), max_to_keep=3)
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_newest_checkpoint_is_reported_set_aside_and_the_previous_restored(tmp_path, caplog, damage):
+    mngr = checkpoints.manager(str(tmp_path))
     for seed in (1, 2):
         checkpoints.save(mngr, _state(seed), {"seed": seed})
-        mngr.wait_until_finished()
-    victim = _largest_file(os.path.join(str(tmp_path), "2"))
-    with open(victim, "r+b") as f:
-        f.truncate(os.path.getsize(victim) // 2)
+    mngr.wait_until_finished()
+    newest = os.path.join(str(tmp_path), "2")
+    DAMAGES[damage](newest)
+    damaged = _contents(newest)
     with caplog.at_level(logging.WARNING):
-        restored, config, step = checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))
+        restored, config, step = checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)), set_aside_bad=True)
     assert step == 1 and config == {"seed": 1}
-    assert "step 2 is unreadable" in caplog.text
-    np.testing.assert_array_equal(restored.params["w"], _state(1).params["w"])
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(_state(1))):
+        np.testing.assert_array_equal(a, b)
+    assert f"checkpoint {newest} is skipped" in caplog.text and f"moved to {tmp_path / 'bad-2'}" in caplog.text
+    if damage == "flipped_bytes":  # Orbax reads it without complaint: only the digests see it
+        assert "differ from the digests saved with them" in caplog.text
+    assert _contents(tmp_path / "bad-2") == damaged  # kept on disk, byte for byte
+    assert checkpoints.complete_steps(mngr) == [1]
+    checkpoints.save(mngr, _state(2), {"seed": 2})  # step 2 is free to be written again
+    mngr.wait_until_finished()
+    assert checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))[2] == 2
     mngr.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_reader_skips_a_damaged_checkpoint_and_leaves_it_where_it_is(tmp_path, caplog):
+    mngr = checkpoints.manager(str(tmp_path))
+    for seed in (1, 2):
+        checkpoints.save(mngr, _state(seed), {"seed": seed})
+    mngr.wait_until_finished()
+    _flip_bytes(_largest_file(tmp_path / "2"))
+    with caplog.at_level(logging.WARNING):
+        assert checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))[2] == 1
+    assert "moved" not in caplog.text and sorted(os.listdir(tmp_path)) == ["1", "2"]
+    mngr.close()
+
+
+def test_a_non_finite_checkpoint_is_skipped(tmp_path, caplog):
+    """A state saved with a NaN (its digests match: it was written that way) is refused at restore."""
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, _state(1), {})
+    poisoned = _state(2)
+    checkpoints.save(
+        mngr, poisoned.replace(params={**poisoned.params, "b": poisoned.params["b"].at[3].set(jnp.nan)}), {}
+    )
+    mngr.wait_until_finished()
+    with caplog.at_level(logging.WARNING):
+        assert checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))[2] == 1
+    assert "holds non-finite values" in caplog.text
+    mngr.close()
+
+
+def test_rotation_counts_and_deletes_only_complete_checkpoints(tmp_path):
+    """An empty step folder and a stray file named like a step neither count towards `keep` nor are
+    deleted; an empty folder at a step being saved is moved aside, not written into or deleted."""
+    os.makedirs(tmp_path / "5")  # empty, where a save will go
+    os.makedirs(tmp_path / "60")  # empty, beyond the run
+    (tmp_path / "70").write_text("not a checkpoint")
+    mngr = checkpoints.manager(str(tmp_path))
+    for seed in range(1, 6):
+        checkpoints.save(mngr, _state(seed), {"seed": seed}, keep=2)
+    mngr.wait_until_finished()
+    checkpoints.rotate(mngr, 2)
+    assert checkpoints.complete_steps(mngr) == [4, 5]
+    assert sorted(os.listdir(tmp_path)) == ["4", "5", "60", "70", "bad-5"]
+    assert (tmp_path / "70").read_text() == "not a checkpoint" and os.listdir(tmp_path / "bad-5") == []
+    assert checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))[2] == 5
+    with pytest.raises(ValueError, match="keep must be at least 1, got 0"):
+        checkpoints.rotate(mngr, 0)
+    mngr.close()
+
+
+def test_digests_name_each_array_and_see_every_bit():
+    state = _state(1)
+    a = checkpoints.digests(state)
+    assert {".params['w']", ".params['b']", ".rng", ".step"} <= a.keys()
+    flipped = state.params["w"].view(jnp.uint32).at[7, 3].add(1).view(jnp.float32)  # one ulp
+    b = checkpoints.digests(state.replace(params={**state.params, "w": flipped}))
+    assert {k for k in a if a[k] != b[k]} == {".params['w']"}
+    # the dtype is part of the digest: the same bytes as another dtype differ
+    assert checkpoints.digests({"x": jnp.zeros(4, jnp.int32)}) != checkpoints.digests({"x": jnp.zeros(4, jnp.float32)})
 
 
 def test_no_checkpoint_gives_none(tmp_path):

@@ -45,6 +45,17 @@ MISTAKES = [  # (script, arguments, what the one line must say)
     ("sample.py", ["--config.solvers=('ddim(eta=0.5)', 'heun(s_churn=-1)')"], "config.solvers='heun(s_churn=-1)'"),
     ("train.py", ["--config=configs/train.py:moons", "--config.sample.grid=karas"],
      "config.sample.grid must name one of ['diffusers', 'karras'"),
+    # sample settings and checkpointing, refused before training rather than after it
+    ("train.py", ["--config=configs/train.py:moons", "--config.sample.solver=bogus"],
+     "config.sample.solver must name one of ['ddim'"),
+    ("train.py", ["--config=configs/train.py:moons", "--config.sample.solver=ddim(eta=2.0)"],
+     "config.sample.solver='ddim(eta=2.0)': eta must lie in [0.0, 1.0], got 2.0"),
+    ("train.py", ["--config=configs/train.py:moons", "--config.sample.num=0"],
+     "config.sample.num must be an integer >= 1, got 0"),
+    ("train.py", ["--config=configs/train.py:moons", "--config.keep_checkpoints=0"],
+     "config.keep_checkpoints must be an integer >= 1, got 0"),
+    ("train.py", ["--config=configs/train.py:moons", "--config.optim.skip_nonfinite=-1"],
+     "config.optim.skip_nonfinite must be an integer >= 0, got -1"),
     # values out of range in the experiments' own configs
     ("steer.py", ["--config.particles=(0,)"], "config.particles must be an integer >= 1, got 0"),
     ("search.py", ["--config=configs/search.py", "--config.budgets=many"], "config.budgets"),

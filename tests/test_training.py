@@ -1,7 +1,9 @@
-"""End-to-end training on the CPU: it learns, it resumes bit-identically after kill -9, and data
-parallelism over 8 devices gives the loss curve of one device. A finished run reads back with
-`load_run` and redraws its samples bit for bit; running its command again changes nothing; another
-model in its workdir is refused."""
+"""End-to-end training on the CPU: it learns, it resumes bit-identically after kill -9 or SIGTERM, and
+data parallelism over 8 devices gives the loss curve of one device. A finished run reads back with
+`load_run` and redraws its samples bit for bit; running its command again changes nothing; a run of
+another configuration in its workdir is refused. Damaged checkpoints are set aside and never deleted,
+and the run continues bit-identically from the newest good one; a run that turns NaN stops without
+saving it."""
 
 import json
 import os
@@ -147,16 +149,120 @@ def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moon
     assert {"log.jsonl", "loss.png", "samples_400.png", "samples_400.npz", "tb"} <= set(before)
 
 
-def test_another_model_in_the_workdir_exits_2_naming_the_fields(moons_run):
+@pytest.mark.parametrize(
+    "overrides,fields",
+    [
+        (["--config.model.args.width=128", "--config.model.args.depth=3"],
+         ["config.model.args.depth (saved 4, given 3)", "config.model.args.width (saved 256, given 128)"]),
+        (["--config.optim.learning_rate=1e-4", "--config.batch_size=64"],
+         ["config.batch_size (saved 512, given 64)", "config.optim.learning_rate (saved 0.002, given 0.0001)"]),
+    ],
+)  # fmt: skip
+def test_a_run_of_another_configuration_in_the_workdir_exits_2_naming_the_fields(moons_run, overrides, fields):
     workdir, _ = moons_run
     before = _snapshot(workdir)
-    cmd = _command(workdir, *SHORT, "--config.model.args.width=128", "--config.model.args.depth=3")
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_command(workdir, *SHORT, *overrides), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert out.returncode == 2, out.stderr[-4000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ValueError:"), out.stderr
-    assert "config.model.args.depth (saved 4, given 3)" in lines[0] and "config.model.args.width" in lines[0]
+    assert f"differing fields: {'; '.join(fields)}." in lines[0] and "--config.overwrite=True" in lines[0], lines[0]
     assert _snapshot(workdir) == before
+
+
+def _largest_file(directory):
+    files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
+    return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path):
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_damaged_final_checkpoint_is_set_aside_and_retrained_bit_identically(moons_run, tmp_path):
+    """Four bytes flipped in the final checkpoint's largest array file (Orbax reads it without an error):
+    the digests catch it, the folder is kept as bad-400, the run resumes from step 300 and ends with the
+    reference's parameters; a stray file and an empty folder named like steps are left as they were."""
+    reference_dir, reference = moons_run
+    workdir = tmp_path / "damaged"
+    shutil.copytree(reference_dir, workdir)
+    checkpoints = workdir / "checkpoints"
+    _flip_bytes(_largest_file(checkpoints / "400"))
+    damaged = _snapshot(checkpoints / "400")
+    (checkpoints / "990").write_text("not a checkpoint")
+    os.makedirs(checkpoints / "995")
+    out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from the checkpoint at step 300" in out.stdout
+    assert f"checkpoint {checkpoints / '400'} is skipped: its arrays differ from the digests" in out.stderr
+    assert _snapshot(checkpoints / "bad-400") == damaged
+    assert sorted(os.listdir(checkpoints)) == ["200", "300", "400", "990", "995", "bad-400"]
+    assert (checkpoints / "990").read_text() == "not a checkpoint" and os.listdir(checkpoints / "995") == []
+    final = json.loads((workdir / "final.json").read_text())
+    assert final["params_sha256"] == reference["params_sha256"], (final, reference)
+    assert final["ema_params_sha256"] == reference["ema_params_sha256"]
+    np.testing.assert_array_equal(_losses(workdir), _losses(reference_dir))
+
+
+def test_no_restorable_checkpoint_is_refused_every_time_and_nothing_is_deleted(moons_run, tmp_path):
+    workdir = tmp_path / "ruined"
+    shutil.copytree(moons_run[0], workdir)
+    checkpoints = workdir / "checkpoints"
+    for step in ("200", "300", "400"):
+        victim = _largest_file(checkpoints / step)
+        with open(victim, "r+b") as f:
+            f.truncate(os.path.getsize(victim) // 2)
+    damaged = _snapshot(checkpoints)
+    for _ in range(2):  # the second finds only the set-aside ones, and still refuses to start afresh
+        out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr[-4000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert "no checkpoint restores" in last and "bad-200, bad-300, bad-400" in last, last
+        assert "--config.overwrite=True" in last
+    moved = {path.replace(step, f"bad-{step}", 1): v for path, v in damaged.items() for step in ["200", "300", "400"]
+             if path.startswith(step)}  # fmt: skip
+    assert {k: v[2] for k, v in _snapshot(checkpoints).items()} == {k: v[2] for k, v in moved.items()}
+    # --config.overwrite=True moves the whole old run aside and starts afresh: the reference, bit for bit
+    out = subprocess.run(_command(workdir, *SHORT, "--config.overwrite=True"), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert f"was moved to {workdir / 'previous-1'}" in out.stdout
+    assert sorted(os.listdir(workdir / "previous-1" / "checkpoints")) == ["bad-200", "bad-300", "bad-400"]
+    assert json.loads((workdir / "final.json").read_text())["params_sha256"] == moons_run[1]["params_sha256"]
+
+
+def test_sigterm_checkpoints_where_it_stops_and_the_rerun_ends_bit_identically(moons_run, tmp_path):
+    reference_dir, reference = moons_run
+    victim = tmp_path / "preempted"
+    process = _train(victim, *SHORT, wait=False)
+    deadline = time.time() + 300
+    while not (victim / "log.jsonl").exists():  # written just before the loop starts
+        assert process.poll() is None and time.time() < deadline, "the run ended before its loop started"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 75, stderr[-4000:]  # preemption.PREEMPTED_EXIT_CODE
+    stopped = int(stderr.split("SIGTERM: stopped at step ")[1].split()[0])
+    assert 0 < stopped < 400 and stopped % 50 == 0, stderr[-2000:]  # after a whole call of 50 steps
+    assert str(stopped) in os.listdir(victim / "checkpoints")
+    resumed = _train(victim, *SHORT)
+    assert resumed["params_sha256"] == reference["params_sha256"]
+    assert resumed["ema_params_sha256"] == reference["ema_params_sha256"]
+    np.testing.assert_array_equal(_losses(victim), _losses(reference_dir))
+
+
+def test_a_run_that_turns_non_finite_stops_with_exit_3_and_saves_nothing_of_it(tmp_path):
+    """A learning rate of 1e30 overflows the parameters within the first call: the check at the first
+    log step stops the run before any checkpoint or log row holds a NaN."""
+    cmd = _command(tmp_path, *SHORT, "--config.optim.learning_rate=1e30", "--config.checkpoint_every=50")
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(optimized=False), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stderr[-4000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("NonFiniteError: training turned non-finite between step 0 and step 50"), last
+    assert "config.optim.skip_nonfinite" in last
+    assert os.listdir(tmp_path / "checkpoints") == [] and (tmp_path / "log.jsonl").read_text() == ""
 
 
 def test_a_larger_total_steps_continues_a_finished_run(moons_run, tmp_path):

@@ -39,13 +39,17 @@ TASKS = ("diffusion", "classifier", "masked_diffusion")
 TOKEN_DATA = {"text": data.text.VOCAB_SIZE}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# What a checkpoint's parameters are parameters of: a run resumed in the same workdir must agree on
-# every field under these (dotted) config paths. `model` (name, args, label_dropout) and `task` /
-# `noisy` fix the network and its parameter tree; `data` fixes the event shape and the labels (and
-# what is modelled); `schedule` and `loss.prediction` fix what the network's output means (and, for
-# discrete schedules, its time scale). Run length, logging, optimizer and compute_dtype (parameters
-# stay float32) may change.
+# What a checkpoint's parameters are parameters of (`load_run` builds the network from these):
+# `model` (name, args, label_dropout) and `task` / `noisy` fix the network and its parameter tree;
+# `data` fixes the event shape and the labels (and what is modelled); `schedule` and
+# `loss.prediction` fix what the network's output means (and, for discrete schedules, its time scale).
 MODEL_FIELDS = ("task", "noisy", "model", "data", "schedule", "loss.prediction")
+# What a run resumed in the same workdir must agree on with the run that wrote it, so that the
+# continuation is the run it claims to be: the model fields, and the loss, optimizer, EMA, batch size
+# and seed. The run's length (`optim.total_steps`) may grow; logging, checkpointing, sampling,
+# devices and compute_dtype (parameters stay float32) may change.
+RESUME_FIELDS = MODEL_FIELDS + ("loss", "optim", "ema_decay", "batch_size", "seed")
+RESUME_MAY_CHANGE = ("optim.total_steps",)
 
 
 def _field(config, name, where="config"):
@@ -231,8 +235,10 @@ def build_training(config) -> Training:
 
     Returns:
       A `Training`. `optim.total_steps`, `checkpoint_every` and `log_every` must be multiples of
-      `steps_per_call`. The loss of masked diffusion is `discrete.masked_nelbo(schedule, V, t_min=...,
-      antithetic=..., time_conditioned=...)`, in nats per token.
+      `steps_per_call`; `keep_checkpoints` is at least 1; `optim.skip_nonfinite` (default 0) > 0
+      skips an update whose gradients are not finite, up to that many in a row (`optim.adamw`). The
+      loss of masked diffusion is `discrete.masked_nelbo(schedule, V, t_min=..., antithetic=...,
+      time_conditioned=...)`, in nats per token.
     """
     schedule = build_schedule(config)
     if task(config) == "classifier":  # clean inputs, or x_t at uniform times for a noise-aware classifier
@@ -267,12 +273,14 @@ def build_training(config) -> Training:
         value = section.total_steps if field == "total_steps" else config[field]
         if _checks.positive_int(f"config.{field}", value) % per_call:
             raise ValueError(f"config.{field} must be a multiple of config.steps_per_call={per_call}, got {value}")
+    _checks.positive_int("config.keep_checkpoints", config.get("keep_checkpoints", 1))
     optimizer = optim.adamw(
         section.learning_rate,
         total_steps=total,
         warmup_steps=section.warmup_steps,
         weight_decay=section.weight_decay,
         clip_norm=section.clip_norm if section.clip_norm > 0 else None,
+        skip_nonfinite=_checks.positive_int("config.optim.skip_nonfinite", section.get("skip_nonfinite", 0), 0),
     )
     return Training(schedule, loss, optimizer, optim.ema_decay(decay=config.ema_decay))
 
@@ -440,17 +448,20 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def model_differences(saved: Mapping, config) -> list[str]:
-    """The `MODEL_FIELDS` on which a saved run's config and `config` disagree.
+def config_differences(saved: Mapping, config, fields=MODEL_FIELDS, ignore=()) -> list[str]:
+    """The leaf fields under `fields` on which a saved run's config and `config` disagree.
 
     Args:
       saved: the config a checkpoint was saved with, as a JSON dict (`checkpoints.restore_config`).
       config: the config of the run to resume.
+      fields: dotted config paths to compare, with everything under them (`MODEL_FIELDS`: does the
+        checkpoint hold parameters of this model; `RESUME_FIELDS`: may this run continue that one).
+      ignore: dotted leaf fields under `fields` that may differ (`RESUME_MAY_CHANGE`).
 
     Returns:
       One "config.<field> (saved <value>, given <value>)" entry per differing leaf field, sorted;
-      empty when the checkpoint's parameters belong to the configured model. Values are compared
-      as JSON (tuples as lists); a field missing on one side shows as <missing>.
+      empty when they agree. Values are compared as JSON (tuples as lists); a field missing on one
+      side shows as <missing>.
     """
     given = json.loads(config.to_json() if hasattr(config, "to_json") else json.dumps(config))
     missing = object()
@@ -458,7 +469,8 @@ def model_differences(saved: Mapping, config) -> list[str]:
 
     def leaves(tree):
         flat = _flatten(tree)
-        return {k: v for k, v in flat.items() if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS)}
+        under = lambda k: any(k == f or k.startswith(f + ".") for f in fields)
+        return {k: v for k, v in flat.items() if under(k) and k not in ignore}
 
     a, b = leaves(saved), leaves(given)
     return [

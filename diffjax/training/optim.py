@@ -21,6 +21,7 @@ def adamw(
     b1: float = 0.9,
     b2: float = 0.999,
     clip_norm: float | None = 1.0,
+    skip_nonfinite: int = 0,
 ) -> optax.GradientTransformation:
     """AdamW with warmup, cosine decay and gradient clipping: the configs' optimizer.
 
@@ -33,6 +34,10 @@ def adamw(
       b1: Adam's first-moment decay.
       b2: Adam's second-moment decay.
       clip_norm: clip gradients to this global norm first (None: no clipping).
+      skip_nonfinite: if > 0, an update whose gradients hold a NaN or inf is skipped (parameters and
+        moments unchanged), up to this many in a row; the next one is applied, so a run that keeps
+        failing still turns non-finite and is stopped (`optax.apply_if_finite`; `nonfinite_steps`
+        counts the skips). 0 applies every update.
 
     Returns:
       An `optax.GradientTransformation`."""
@@ -52,7 +57,23 @@ def adamw(
     steps = [optax.adamw(schedule, b1=b1, b2=b2, weight_decay=_checks.in_range("weight_decay", weight_decay, 0, 1))]
     if clip_norm is not None:
         steps.insert(0, optax.clip_by_global_norm(_checks.positive("clip_norm", clip_norm)))
-    return optax.chain(*steps)
+    chained = optax.chain(*steps)
+    skip_nonfinite = _checks.positive_int("skip_nonfinite", skip_nonfinite, 0)
+    return optax.apply_if_finite(chained, skip_nonfinite) if skip_nonfinite else chained
+
+
+def nonfinite_steps(opt_state) -> int | None:
+    """How many updates `adamw(..., skip_nonfinite=k)` has skipped so far (None for an optimizer without).
+
+    Args:
+      opt_state: the optimizer state (`TrainState.opt_state`).
+
+    Returns:
+      The count of skipped updates, or None when the optimizer skips none.
+    """
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return int(jax.device_get(opt_state.total_notfinite))
+    return None
 
 
 def ema_decay(*, decay: float | None = None, half_life_steps: float | None = None) -> float:
