@@ -22,6 +22,20 @@ def optimized_env():
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
+def largest_file(directory):
+    """The largest file under `directory` (a checkpoint's array data)."""
+    files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
+    return max(files, key=os.path.getsize)
+
+
+def flip_bytes(path):
+    """Invert four bytes in the middle of the file: a bad disk sector that still reads."""
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    open(path, "wb").write(bytes(data))
+
+
 def counting_jit(fn):
     """jax.jit(fn) and a list whose length is the number of times fn was traced."""
     traces = []

@@ -12,17 +12,13 @@ import pytest
 
 from diffjax.training import checkpoints, optim
 from diffjax.training.state import init_state
+from helpers import flip_bytes, largest_file
 
 
 def _state(seed):
     params = {"w": jax.random.normal(jax.random.key(seed), (64, 32)), "b": jnp.arange(32.0)}
     optimizer = optim.adamw(1e-3, total_steps=100, warmup_steps=10)
     return init_state(params, optimizer, jax.random.key(seed)).replace(step=jnp.int32(seed))
-
-
-def _largest_file(directory):
-    files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
-    return max(files, key=os.path.getsize)
 
 
 def test_round_trip_is_exact_and_the_config_comes_back(tmp_path):
@@ -36,14 +32,6 @@ def test_round_trip_is_exact_and_the_config_comes_back(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert jax.random.key_data(restored.key).tolist() == jax.random.key_data(state.key).tolist()
     mngr.close()
-
-
-def _flip_bytes(path):
-    """Invert four bytes in the middle of the file: a bad disk sector that still reads."""
-    data = bytearray(open(path, "rb").read())
-    middle = len(data) // 2
-    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
-    open(path, "wb").write(bytes(data))
 
 
 def _truncate(path):
@@ -65,8 +53,8 @@ def _contents(directory):
 
 
 DAMAGES = {
-    "flipped_bytes": lambda folder: _flip_bytes(_largest_file(folder)),  # reads, with wrong values
-    "truncated_file": lambda folder: _truncate(_largest_file(folder)),
+    "flipped_bytes": lambda folder: flip_bytes(largest_file(folder)),  # reads, with wrong values
+    "truncated_file": lambda folder: _truncate(largest_file(folder)),
     "deleted_metadata": _delete_metadata,
 }
 
@@ -104,7 +92,7 @@ def test_a_reader_skips_a_damaged_checkpoint_and_leaves_it_where_it_is(tmp_path,
     for seed in (1, 2):
         checkpoints.save(mngr, _state(seed), {"seed": seed})
     mngr.wait_until_finished()
-    _flip_bytes(_largest_file(tmp_path / "2"))
+    flip_bytes(largest_file(tmp_path / "2"))
     with caplog.at_level(logging.WARNING):
         assert checkpoints.restore_latest(mngr, jax.eval_shape(lambda: _state(1)))[2] == 1
     assert "moved" not in caplog.text and sorted(os.listdir(tmp_path)) == ["1", "2"]

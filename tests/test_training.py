@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import optimized_env
+from helpers import flip_bytes, largest_file, optimized_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -169,18 +169,6 @@ def test_a_run_of_another_configuration_in_the_workdir_exits_2_naming_the_fields
     assert _snapshot(workdir) == before
 
 
-def _largest_file(directory):
-    files = [os.path.join(root, f) for root, _, names in os.walk(directory) for f in names]
-    return max(files, key=os.path.getsize)
-
-
-def _flip_bytes(path):
-    data = bytearray(open(path, "rb").read())
-    middle = len(data) // 2
-    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
-    open(path, "wb").write(bytes(data))
-
-
 def test_a_damaged_final_checkpoint_is_set_aside_and_retrained_bit_identically(moons_run, tmp_path):
     """Four bytes flipped in the final checkpoint's largest array file (Orbax reads it without an error):
     the digests catch it, the folder is kept as bad-400, the run resumes from step 300 and ends with the
@@ -189,7 +177,7 @@ def test_a_damaged_final_checkpoint_is_set_aside_and_retrained_bit_identically(m
     workdir = tmp_path / "damaged"
     shutil.copytree(reference_dir, workdir)
     checkpoints = workdir / "checkpoints"
-    _flip_bytes(_largest_file(checkpoints / "400"))
+    flip_bytes(largest_file(checkpoints / "400"))
     damaged = _snapshot(checkpoints / "400")
     (checkpoints / "990").write_text("not a checkpoint")
     os.makedirs(checkpoints / "995")
@@ -211,7 +199,7 @@ def test_no_restorable_checkpoint_is_refused_every_time_and_nothing_is_deleted(m
     shutil.copytree(moons_run[0], workdir)
     checkpoints = workdir / "checkpoints"
     for step in ("200", "300", "400"):
-        victim = _largest_file(checkpoints / step)
+        victim = largest_file(checkpoints / step)
         with open(victim, "r+b") as f:
             f.truncate(os.path.getsize(victim) // 2)
     damaged = _snapshot(checkpoints)
