@@ -22,12 +22,14 @@ import tempfile
 import jax
 import pytest
 
-from helpers import OPTIMIZATION_FLAG
+import helpers
+from helpers import FAST_COMPILE_FLAGS
 
-# XLA:CPU's LLVM backend at -O0: the suite's programs are small and each compiles once, so compiling is
-# most of its time (test_deis.py + test_pndm.py: 54 s against 66 s at the default -O2). Set before any
-# backend starts; the commands the tests run inherit it.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPTIMIZATION_FLAG}".strip()
+# XLA:CPU set to compile fast (`helpers.FAST_COMPILE_FLAGS`): the suite's programs are small and each
+# compiles once, so compiling is most of its time (test_deis.py + test_pndm.py: 54 s against 66 s at the
+# default -O2, before the emitters too were set). Set before any backend starts; the commands the tests
+# run inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_enable_compilation_cache", False)
@@ -49,15 +51,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(path, ignore_errors=True)
 
 
-# module fixtures that train -> their group (fixtures used together by one test share a group)
+# fixtures that train -> their group (fixtures used together by one test share a group). A group is
+# per module (module fixtures train once per module), except "digits": its runs are session fixtures
+# below, trained once for test_training.py and test_tour.py, so all their tests go to one worker.
 SHARED_RUNS = {
     "digits_run": "digits",
     "digits_classifier": "digits",
     "ensemble_runs": "digits",
+    "tour": "digits",
     "moons_run": "moons",
     "text_run": "text",
-    "tour": "tour",
 }
+SESSION_GROUPS = {"digits"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
@@ -65,7 +70,24 @@ def pytest_collection_modifyitems(items):
     for item in items:
         groups = sorted({SHARED_RUNS[f] for f in getattr(item, "fixturenames", ()) if f in SHARED_RUNS})
         if groups:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{groups[0]}"))
+            name = groups[0] if groups[0] in SESSION_GROUPS else f"{item.module.__name__}:{groups[0]}"
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A short class-conditional digits UNet run (`helpers.DIGITS_TRAIN`): its workdir."""
+    workdir = tmp_path_factory.mktemp("digits")
+    helpers.train(workdir, *helpers.DIGITS_TRAIN, config="configs/train.py:digits_unet")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(tmp_path_factory):
+    """A clean digits classifier (`helpers.DIGITS_CLASSIFIER_TRAIN`): its workdir."""
+    workdir = tmp_path_factory.mktemp("digits_classifier")
+    helpers.train(workdir, *helpers.DIGITS_CLASSIFIER_TRAIN, config="configs/classifier.py:digits")
+    return workdir
 
 
 def pytest_collection_finish(session):

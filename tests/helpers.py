@@ -1,6 +1,9 @@
-"""Shared test helpers: trace counting, schedules of every kind and a small exact mixture."""
+"""Shared test helpers: training commands, trace counting, schedules of every kind and a small exact mixture."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,18 +11,63 @@ import numpy as np
 
 import diffjax as dj
 
-# XLA:CPU's LLVM at -O0, which conftest.py sets for the whole suite; a test that sets XLA_FLAGS for a
-# command it starts keeps it there
-OPTIMIZATION_FLAG = "--xla_backend_optimization_level=0"
+# XLA:CPU flags for fast compiling, which conftest.py sets for the whole suite (a test that sets XLA_FLAGS
+# for a command it starts keeps them there): LLVM at -O0, and the elemental IR emitters instead of the
+# fusion emitters (measured: one 12-step PNDM sampler compiles in 0.41 s against 1.53 s, and
+# test_solvers_common.py runs in 100 s against 250 s). Both make slower code: see `optimized_env`.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def optimized_env():
-    """os.environ for a command on the CPU with XLA:CPU's optimizations back on: for the long training
-    runs, whose running outweighs their compiling (measured: the text fixture's run 69 s against 227 s
-    at -O0, the digits fixture's 63 s against 94 s). Its numbers differ from -O0's in the last bits, so
+    """os.environ for a command on the CPU with XLA:CPU's default optimizations and emitters back on: for
+    the long training runs, whose running outweighs their compiling (measured: the text fixture's run 69 s
+    against 227 s at -O0, the digits fixture's 63 s against 94 s; the 400-step moons run 49 s against 59 s
+    with the fusion emitters off). Its numbers differ from FAST_COMPILE_FLAGS' in the last bits, so
     whatever is compared bit for bit with such a run must run under this environment too."""
-    flags = os.environ.get("XLA_FLAGS", "").replace(OPTIMIZATION_FLAG, "").strip()
+    flags = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAGS, "").strip()
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_env(devices=None, optimized=True):
+    """The training commands' environment: optimized XLA:CPU (`optimized_env`), so whatever is compared
+    bit for bit with a run here runs in a process with this environment too. Runs of a few steps, whose
+    compiling outweighs their running, keep the suite's -O0 (optimized=False: the tiny tour took 203 s
+    optimized against 168 s at -O0). `devices` forces that many CPU devices."""
+    env = optimized_env() if optimized else {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if devices:
+        env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}".strip()
+    return env
+
+
+def train_command(workdir, *overrides, config="configs/train.py:moons"):
+    """experiments/train.py's command line for `config` in `workdir` with `overrides`."""
+    return [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True, optimized=True):
+    """Run experiments/train.py to the end and return its final.json (asserting exit code 0), or with
+    wait=False the started process (stdout discarded, stderr piped)."""
+    cmd = train_command(workdir, *overrides, config=config)
+    env = train_env(devices, optimized)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads((workdir / "final.json").read_text())
+
+
+# the digits runs that conftest.py's session fixtures train once for test_training.py and test_tour.py
+# (the tour is given the same overrides, so it reuses them). The UNet: 200 steps of batch 64, 16 channels,
+# learning rate 1e-3 (CI time: 52 s, against 93 s for 300 steps of 32 channels at the config's 2e-4, whose
+# final loss 0.357 this run beats with 0.338).
+DIGITS_TRAIN = ("--config.optim.total_steps=200", "--config.log_every=20", "--config.checkpoint_every=200",
+                "--config.batch_size=64", "--config.model.args.channels=16", "--config.optim.learning_rate=1e-3",
+                "--config.optim.warmup_steps=20", "--config.sample.num=16", "--config.sample.steps=10")  # fmt: skip
+# the clean digits classifier: 300 steps on the 80% training split
+DIGITS_CLASSIFIER_TRAIN = ("--config.optim.total_steps=300", "--config.checkpoint_every=300")
 
 
 def largest_file(directory):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
-from helpers import OPTIMIZATION_FLAG
+from helpers import FAST_COMPILE_FLAGS
 
 D = dj.data
 S = dj.data.shapes
@@ -443,7 +443,7 @@ def draws_digest() -> str:
 def test_sharded_global_batches_equal_unsharded_ones_on_eight_devices():
     # The subprocess runs without jax_enable_x64, so it also checks that draws do not depend on it.
     script = _SHARDED_SCRIPT + inspect.getsource(draws_digest) + 'print("DRAWS", draws_digest())\n'
-    devices = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count=8"
+    devices = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=8"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices}
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

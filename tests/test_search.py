@@ -14,7 +14,7 @@ from scipy import stats
 
 import diffjax as dj
 from diffjax.steering import rewards, search, seeds, verifiers
-from helpers import OPTIMIZATION_FLAG
+from helpers import FAST_COMPILE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST = rewards.linear([1.0, 0.0])
@@ -162,7 +162,7 @@ def test_a_seed_gives_the_same_bits_under_jit_across_runs_and_devices():
         "z = seeds.seed_noise(ids, (4, 4, 3))\n"
         "print(len(z.sharding.device_set), hashlib.sha256(np.asarray(z).tobytes()).hexdigest())\n"
     )
-    devices = f"{OPTIMIZATION_FLAG} --xla_force_host_platform_device_count=8"
+    devices = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=8"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": devices}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

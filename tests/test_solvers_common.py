@@ -178,10 +178,12 @@ def test_gather_takes_every_particle_state_at_its_ancestor(name):
         state = solver.init(x_T, ts)
         for i in range(4):  # the grid's first steps, head ones included
             state, _ = solver.step_at(i, 8)(state, jax.random.key(i), ts[i], ts[i + 1], den)
-        gathered = solver.gather(state, ancestors)
-        return state, gathered
+        return state
 
-    state, gathered = run(x_T)
+    # gathered outside `run`: inside it, XLA may recompute the state into the gather's fusion, rounded
+    # differently in the last bit
+    state = run(x_T)
+    gathered = solver.gather(state, ancestors)
     assert jax.tree.structure(gathered) == jax.tree.structure(state)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(gathered), jax.tree.leaves(state)))
     np.testing.assert_array_equal(gathered.x, state.x[ancestors])

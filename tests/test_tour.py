@@ -1,27 +1,37 @@
 """README's first command, `experiments/tour.py`, at tiny settings (`configs/tour.py:tiny`): every part runs
 and writes its report, and the numbers that have exact answers are right.
 
-(One fresh process trains three runs through experiments/train.py: about two minutes of CPU.)
+The tour trains its runs through experiments/train.py and reuses finished ones. Its digits model and
+classifier are the suite's (conftest.py's session fixtures, copied into its workdir and named by the same
+overrides), so here it trains only its 100-step moons run.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import DIGITS_CLASSIFIER_TRAIN, DIGITS_TRAIN, ROOT
 
 
 @pytest.fixture(scope="module")
-def tour(tmp_path_factory):
+def tour(tmp_path_factory, digits_run, digits_classifier):
     workdir = tmp_path_factory.mktemp("tour")
-    cmd = [sys.executable, "experiments/tour.py", "--config=configs/tour.py:tiny", f"--workdir={workdir}"]
+    shutil.copytree(digits_run, workdir / "digits")
+    shutil.copytree(digits_classifier, workdir / "digits_classifier")
+    runs = [f"--config.digits.train={DIGITS_TRAIN!r}", f"--config.digits.classifier_train={DIGITS_CLASSIFIER_TRAIN!r}"]
+    cmd = [sys.executable, "experiments/tour.py", "--config=configs/tour.py:tiny", f"--workdir={workdir}", *runs]
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(workdir / "results.json") as f:
-        return workdir, out.stdout, json.load(f)
+        results = json.load(f)
+    for run, source in (("digits", digits_run), ("digits_classifier", digits_classifier)):  # reused, not retrained
+        assert (workdir / run / "final.json").read_bytes() == (source / "final.json").read_bytes()
+        assert sorted(os.listdir(workdir / run)) == sorted(os.listdir(source))
+    return workdir, out.stdout, results
 
 
 def test_the_report_has_every_part_its_figures_and_the_runs(tour):

@@ -16,42 +16,21 @@ import time
 import numpy as np
 import pytest
 
-from helpers import flip_bytes, largest_file, optimized_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, flip_bytes, largest_file, train, train_command, train_env
 
 
-def _command(workdir, *overrides, config="configs/train.py:moons"):
-    return [sys.executable, "experiments/train.py", f"--config={config}", f"--workdir={workdir}", *overrides]
-
-
-def _env(devices=None, optimized=True):
-    """The training commands' environment: optimized XLA:CPU (`helpers.optimized_env`), so whatever is
-    compared bit for bit with a run here runs in a process with this environment too (`_python`).
-    Runs of a few steps, whose compiling outweighs their running, keep the suite's -O0 (optimized=False:
-    the tiny tour takes 203 s optimized against 168 s at -O0)."""
-    env = optimized_env() if optimized else {**os.environ, "JAX_PLATFORMS": "cpu"}
-    if devices:
-        env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}".strip()
-    return env
+def _run(workdir, *overrides):
+    """experiments/train.py on moons in `workdir`, whatever its exit code: the finished process."""
+    cmd = train_command(workdir, *overrides)
+    return subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=900)
 
 
 def _python(code):
     """Run `code` in a process of its own with the training commands' environment; its last line of
     output, read as JSON."""
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=train_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _train(workdir, *overrides, config="configs/train.py:moons", devices=None, wait=True, optimized=True):
-    cmd = _command(workdir, *overrides, config=config)
-    env = _env(devices, optimized)
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads((workdir / "final.json").read_text())
 
 
 def _log(workdir):
@@ -65,7 +44,7 @@ def _losses(workdir):
 def test_toy_mlp_samples_are_as_close_to_the_data_as_fresh_data(tmp_path):
     # Sliced W2^2 of 2000 samples against fresh data, within 2x of two fresh data sets' distance. Batches of
     # 256 rather than the config's 512 (CI time): measured 0.82x the data's own distance.
-    final = _train(tmp_path, "--config.batch_size=256")
+    final = train(tmp_path, "--config.batch_size=256")
     assert final["sliced_w2"] < 2 * final["sliced_w2_data_vs_data"], final
     assert (tmp_path / "samples_2000.png").exists() and (tmp_path / "loss.png").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
@@ -79,7 +58,7 @@ SHORT = ["--config.optim.total_steps=400", "--config.checkpoint_every=100", "--c
 def moons_run(tmp_path_factory):
     """A finished short moons run (400 steps, 200 samples): (workdir, its final.json)."""
     workdir = tmp_path_factory.mktemp("moons")
-    return workdir, _train(workdir, *SHORT)
+    return workdir, train(workdir, *SHORT)
 
 
 def _snapshot(directory):
@@ -142,7 +121,7 @@ print(json.dumps(dict(params=digest(run.params), ema=digest(run.ema_params), his
 def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moons_run):
     workdir, final = moons_run
     before = _snapshot(workdir)
-    out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    out = _run(workdir, *SHORT)
     assert out.returncode == 0, out.stderr[-4000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == final
     assert _snapshot(workdir) == before  # log.jsonl, samples_*.png, loss.png, tb/, checkpoints: bytes and mtimes
@@ -161,7 +140,7 @@ def test_a_finished_command_run_again_prints_its_metrics_and_writes_nothing(moon
 def test_a_run_of_another_configuration_in_the_workdir_exits_2_naming_the_fields(moons_run, overrides, fields):
     workdir, _ = moons_run
     before = _snapshot(workdir)
-    out = subprocess.run(_command(workdir, *SHORT, *overrides), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    out = _run(workdir, *SHORT, *overrides)
     assert out.returncode == 2, out.stderr[-4000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ValueError:"), out.stderr
@@ -181,7 +160,7 @@ def test_a_damaged_final_checkpoint_is_set_aside_and_retrained_bit_identically(m
     damaged = _snapshot(checkpoints / "400")
     (checkpoints / "990").write_text("not a checkpoint")
     os.makedirs(checkpoints / "995")
-    out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    out = _run(workdir, *SHORT)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "resumed from the checkpoint at step 300" in out.stdout
     assert f"checkpoint {checkpoints / '400'} is skipped: its arrays differ from the digests" in out.stderr
@@ -204,7 +183,7 @@ def test_no_restorable_checkpoint_is_refused_every_time_and_nothing_is_deleted(m
             f.truncate(os.path.getsize(victim) // 2)
     damaged = _snapshot(checkpoints)
     for _ in range(2):  # the second finds only the set-aside ones, and still refuses to start afresh
-        out = subprocess.run(_command(workdir, *SHORT), cwd=ROOT, env=_env(), capture_output=True, text=True)
+        out = _run(workdir, *SHORT)
         assert out.returncode == 2, out.stderr[-4000:]
         last = out.stderr.strip().splitlines()[-1]
         assert "no checkpoint restores" in last and "bad-200, bad-300, bad-400" in last, last
@@ -213,8 +192,7 @@ def test_no_restorable_checkpoint_is_refused_every_time_and_nothing_is_deleted(m
              if path.startswith(step)}  # fmt: skip
     assert {k: v[2] for k, v in _snapshot(checkpoints).items()} == {k: v[2] for k, v in moved.items()}
     # --config.overwrite=True moves the whole old run aside and starts afresh: the reference, bit for bit
-    out = subprocess.run(_command(workdir, *SHORT, "--config.overwrite=True"), cwd=ROOT, env=_env(),
-                         capture_output=True, text=True)  # fmt: skip
+    out = _run(workdir, *SHORT, "--config.overwrite=True")
     assert out.returncode == 0, out.stderr[-4000:]
     assert f"was moved to {workdir / 'previous-1'}" in out.stdout
     assert sorted(os.listdir(workdir / "previous-1" / "checkpoints")) == ["bad-200", "bad-300", "bad-400"]
@@ -224,7 +202,7 @@ def test_no_restorable_checkpoint_is_refused_every_time_and_nothing_is_deleted(m
 def test_sigterm_checkpoints_where_it_stops_and_the_rerun_ends_bit_identically(moons_run, tmp_path):
     reference_dir, reference = moons_run
     victim = tmp_path / "preempted"
-    process = _train(victim, *SHORT, wait=False)
+    process = train(victim, *SHORT, wait=False)
     deadline = time.time() + 300
     while not (victim / "log.jsonl").exists():  # written just before the loop starts
         assert process.poll() is None and time.time() < deadline, "the run ended before its loop started"
@@ -235,7 +213,7 @@ def test_sigterm_checkpoints_where_it_stops_and_the_rerun_ends_bit_identically(m
     stopped = int(stderr.split("SIGTERM: stopped at step ")[1].split()[0])
     assert 0 < stopped < 400 and stopped % 50 == 0, stderr[-2000:]  # after a whole call of 50 steps
     assert str(stopped) in os.listdir(victim / "checkpoints")
-    resumed = _train(victim, *SHORT)
+    resumed = train(victim, *SHORT)
     assert resumed["params_sha256"] == reference["params_sha256"]
     assert resumed["ema_params_sha256"] == reference["ema_params_sha256"]
     np.testing.assert_array_equal(_losses(victim), _losses(reference_dir))
@@ -244,8 +222,8 @@ def test_sigterm_checkpoints_where_it_stops_and_the_rerun_ends_bit_identically(m
 def test_a_run_that_turns_non_finite_stops_with_exit_3_and_saves_nothing_of_it(tmp_path):
     """A learning rate of 1e30 overflows the parameters within the first call: the check at the first
     log step stops the run before any checkpoint or log row holds a NaN."""
-    cmd = _command(tmp_path, *SHORT, "--config.optim.learning_rate=1e30", "--config.checkpoint_every=50")
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(optimized=False), capture_output=True, text=True, timeout=300)
+    cmd = train_command(tmp_path, *SHORT, "--config.optim.learning_rate=1e30", "--config.checkpoint_every=50")
+    out = subprocess.run(cmd, cwd=ROOT, env=train_env(optimized=False), capture_output=True, text=True, timeout=300)
     assert out.returncode == 3, out.stderr[-4000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("NonFiniteError: training turned non-finite between step 0 and step 50"), last
@@ -257,7 +235,7 @@ def test_a_larger_total_steps_continues_a_finished_run(moons_run, tmp_path):
     workdir = tmp_path / "longer"
     shutil.copytree(moons_run[0], workdir)
     longer = [*SHORT, "--config.optim.total_steps=450"]
-    out = subprocess.run(_command(workdir, *longer), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    out = _run(workdir, *longer)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "resumed from the checkpoint at step 400" in out.stdout
     assert json.loads((workdir / "final.json").read_text())["step"] == 450
@@ -268,14 +246,14 @@ def test_a_larger_total_steps_continues_a_finished_run(moons_run, tmp_path):
 def test_kill_9_and_restart_continue_bit_identically(moons_run, tmp_path):
     reference_dir, reference = moons_run
     victim = tmp_path / "victim"
-    process = _train(victim, *SHORT, wait=False)
+    process = train(victim, *SHORT, wait=False)
     deadline = time.time() + 300
     while not (victim / "checkpoints" / "100").is_dir():  # a finished checkpoint (Orbax renames on commit)
         assert process.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = _train(victim, *SHORT)
+    resumed = train(victim, *SHORT)
     assert resumed["params_sha256"] == reference["params_sha256"]
     assert resumed["ema_params_sha256"] == reference["ema_params_sha256"]
     np.testing.assert_array_equal(_losses(victim), _losses(reference_dir))
@@ -286,24 +264,9 @@ def test_eight_devices_give_the_loss_curve_of_one(tmp_path):
     eight = tmp_path / "eight"
     # 50 steps, 5 losses logged (the last override wins)
     shorter = [*SHORT, "--config.optim.total_steps=50", "--config.log_every=10", "--config.steps_per_call=10"]
-    _train(one, *shorter, "--config.num_devices=1", devices=8, optimized=False)
-    _train(eight, *shorter, "--config.num_devices=8", devices=8, optimized=False)
+    train(one, *shorter, "--config.num_devices=1", devices=8, optimized=False)
+    train(eight, *shorter, "--config.num_devices=8", devices=8, optimized=False)
     np.testing.assert_allclose(_losses(eight), _losses(one), rtol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A short class-conditional digits UNet run: 200 steps of batch 64, 16 channels, learning rate 1e-3.
-
-    (CI time: 52 s here, against 93 s for 300 steps of 32 channels at the config's 2e-4, whose final loss
-    0.357 this run beats with 0.338.)
-    """
-    workdir = tmp_path_factory.mktemp("digits")
-    _train(workdir, "--config.optim.total_steps=200", "--config.log_every=20", "--config.checkpoint_every=200",
-           "--config.batch_size=64", "--config.model.args.channels=16", "--config.optim.learning_rate=1e-3",
-           "--config.optim.warmup_steps=20", "--config.sample.num=16", "--config.sample.steps=10",
-           config="configs/train.py:digits_unet")  # fmt: skip
-    return workdir
 
 
 def test_digits_unet_loss_falls(digits_run):
@@ -311,15 +274,6 @@ def test_digits_unet_loss_falls(digits_run):
     losses = _losses(digits_run)
     assert losses[-3:].mean() < 0.6 * losses[0], losses
     assert np.all(np.diff(np.convolve(losses, np.ones(3) / 3, "valid")) < 0.05), losses
-
-
-@pytest.fixture(scope="module")
-def digits_classifier(tmp_path_factory):
-    """A clean digits classifier: 300 steps on the 80% training split."""
-    workdir = tmp_path_factory.mktemp("digits_classifier")
-    _train(workdir, "--config.optim.total_steps=300", "--config.checkpoint_every=300",
-           config="configs/classifier.py:digits")  # fmt: skip
-    return workdir
 
 
 def test_digits_classifier_learns_and_scores_samples_of_a_trained_model(digits_run, digits_classifier, tmp_path):
@@ -421,7 +375,7 @@ SMALL_IMAGE_RUNS = {  # config -> overrides that keep a 2-step run small
 @pytest.mark.parametrize("config", sorted(SMALL_IMAGE_RUNS))
 def test_every_image_config_builds_and_trains(tmp_path, config):
     sampling = ["--config.sample.num=4", "--config.sample.steps=2"] if "train.py" in config else []
-    final = _train(tmp_path, "--config.optim.total_steps=2", "--config.optim.warmup_steps=1", "--config.batch_size=8",
+    final = train(tmp_path, "--config.optim.total_steps=2", "--config.optim.warmup_steps=1", "--config.batch_size=8",
                    "--config.checkpoint_every=2", "--config.log_every=1", *SMALL_IMAGE_RUNS[config], *sampling,
                    config=config, optimized=False)  # fmt: skip
     assert final["step"] == 2 and np.all(np.isfinite(_losses(tmp_path)))
@@ -499,7 +453,7 @@ EXPERT_SMALL = ["--config.model.args.attention_resolutions=()", "--config.sample
 def ensemble_runs(tmp_path_factory):
     """2-step runs of configs/ensemble.py's two experts and router (tiny networks), trained side by side."""
     root = tmp_path_factory.mktemp("ensemble")
-    procs = {arg: _train(root / arg, *ENSEMBLE_SMALL, *(EXPERT_SMALL if arg != "router" else []),
+    procs = {arg: train(root / arg, *ENSEMBLE_SMALL, *(EXPERT_SMALL if arg != "router" else []),
                          config=f"configs/ensemble.py:{arg}", wait=False, optimized=False)
              for arg in ("expert0", "expert1", "router")}  # fmt: skip
     for arg, proc in procs.items():
