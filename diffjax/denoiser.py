@@ -75,6 +75,9 @@ class Denoiser:
     `schedule.model_time`, e.g. the DDPM step index of a discrete schedule; for "edm" the default is
     c_noise = log(sigma/alpha)/4); `sigma_data` (for "edm") defaults to the schedule's, else 0.5.
     `cond` is passed through to `apply_fn` (class labels, prompts).
+
+    A call raises a ValueError naming the shapes when `apply_fn` returns an output whose shape is not
+    x's, or when `apply_fn` raises a TypeError or ValueError (chained as its cause).
     """
 
     apply_fn: Callable = struct.field(pytree_node=False)
@@ -111,7 +114,20 @@ class Denoiser:
         x_in, time = network_inputs(
             sched, self.prediction, x, t, time_fn=self.time_fn, sigma_data=self._sigma_data(), alpha=alpha, sigma=sigma
         )
-        output = self.apply_fn(self.params, x_in, time, self.cond if cond is None else cond)
+        try:
+            output = self.apply_fn(self.params, x_in, time, self.cond if cond is None else cond)
+        except jax.errors.ConcretizationTypeError:  # a tracer misused inside apply_fn: JAX's own message
+            raise
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"apply_fn failed on x of shape {tuple(x.shape)} (batch {x.shape[0] if x.ndim else None}, event shape "
+                f"{tuple(x.shape[1:])}) with time of shape {tuple(jnp.shape(time))}: {type(err).__name__}: {err}"
+            ) from err
+        if jnp.shape(output) != x.shape:
+            raise ValueError(
+                f"apply_fn must return an output of x's shape {tuple(x.shape)} (prediction={self.prediction!r}), "
+                f"got shape {tuple(jnp.shape(output))}"
+            )
         x0, eps = predictions.to_x0_eps(
             self.prediction,
             output,

@@ -13,11 +13,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import _checks
 from diffjax.denoiser import Denoiser
 from diffjax.schedules import Schedule
-from diffjax.solvers.base import Solver, check_solver
+from diffjax.solvers.base import Solver, check_solver, check_start_prediction
 
 
 class SampleInfo(NamedTuple):
@@ -51,31 +52,68 @@ def run_steps(solver: Solver, body, carry, num_steps: int):
     return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
 
 
-def scan_steps(solver: Solver, state, keys, timesteps, denoise, *, return_trajectory: bool = False):
+def scan_steps(solver: Solver, state, keys, timesteps, denoise, *, return_trajectory: bool = False,
+               return_finite: bool = False):  # fmt: skip
     """Apply the solver over consecutive grid pairs from `state`, step i with keys[i].
 
-    Returns the final state, the NFE per step (n,), and, if asked, the stacked states and x0s.
+    Args:
+      solver: the `Solver`.
+      state: its state at timesteps[0].
+      keys: (n,) typed keys, one per step.
+      timesteps: the (n + 1,) grid.
+      denoise: the denoiser.
+      return_trajectory: also stack every state's x and every step's x0.
+      return_finite: also return (n,) bools, "x is finite after step i" (a static switch).
+
+    Returns:
+      (final state, NFE per step (n,), the stacked (x, x0) or None), plus the (n,) finite flags
+      when `return_finite`.
     """
 
     def body(state, i):
         step_fn = solver.step_at(i, keys.shape[0])
         state, info = step_fn(state, keys[i], timesteps[i], timesteps[i + 1], denoise)
-        return state, (info.nfe, (state.x, info.x0) if return_trajectory else None)
+        out = (info.nfe, (state.x, info.x0) if return_trajectory else None)
+        return state, (out + (jnp.all(jnp.isfinite(state.x)),) if return_finite else out)
 
-    state, (nfe, saved) = run_steps(solver, body, state, keys.shape[0])
-    return state, nfe, saved
+    state, outs = run_steps(solver, body, state, keys.shape[0])
+    return (state, *outs)
 
 
-@functools.partial(jax.jit, static_argnames=("return_trajectory",))
-def _sample(solver, denoiser, timesteps, key, x_T, return_trajectory):
+def raise_if_nonfinite(name: str, finite, timesteps) -> None:
+    """On the host after a compiled call: raise a FloatingPointError naming the first step whose
+    state was not finite, and its times from the grid; nothing when every step was finite, or when
+    `finite` is traced (inside `jit` or `vmap` it cannot be read).
+
+    Args:
+      name: the caller's name, for the message ("sample", "fk_steer").
+      finite: (n,) bools, or (..., n) for batched calls, "the state is finite after step i".
+      timesteps: the (n + 1,) grid the steps ran on.
+
+    Raises:
+      FloatingPointError: "name: x became non-finite at step i (t = t_i -> t_{i+1})".
+    """
+    if not _checks.is_concrete(finite, timesteps):
+        return
+    finite = np.asarray(finite).reshape(-1, np.shape(finite)[-1]).all(axis=0)
+    if finite.all():
+        return
+    i = int(np.argmin(finite))
+    ts = np.asarray(timesteps, np.float64)
+    raise FloatingPointError(f"{name}: x became non-finite at step {i} (t = {ts[i]:.4g} -> {ts[i + 1]:.4g})")
+
+
+@functools.partial(jax.jit, static_argnames=("return_trajectory", "debug_nans"))
+def _sample(solver, denoiser, timesteps, key, x_T, return_trajectory, debug_nans=False):
     keys = jax.random.split(key, timesteps.shape[0] - 1)
     state = solver.init(x_T, timesteps)
-    state, nfe, saved = scan_steps(solver, state, keys, timesteps, denoiser, return_trajectory=return_trajectory)
+    state, nfe, saved, *finite = scan_steps(solver, state, keys, timesteps, denoiser,
+                                            return_trajectory=return_trajectory, return_finite=debug_nans)  # fmt: skip
     info = SampleInfo(nfe=jnp.sum(nfe))
     if return_trajectory:
         xs, x0s = saved
         info = info._replace(trajectory=jnp.concatenate([x_T[None], xs]), x0_trajectory=x0s)
-    return state.x, info
+    return (state.x, info, finite[0]) if debug_nans else (state.x, info)
 
 
 check_grid = _checks.grid
@@ -97,6 +135,19 @@ def check_denoiser(denoiser) -> None:
         raise ValueError(f"denoiser must be callable as denoiser(x, t) and have a .schedule, got {denoiser!r}")
 
 
+def check_inputs(denoiser, timesteps, x_T, cond=None, *, batch_axes: int = 1, tokens: bool = False) -> None:
+    """The input checks of `sample` and the steering samplers, on the host before tracing: the grid's
+    times under the denoiser's schedule (`_checks.grid_on`), x_T (`_checks.start_noise`: a floating,
+    non-empty array, finite when concrete; integer tokens when `tokens`), and `cond`: its batch against
+    x_T's and, for a class-conditional network, its labels in [0, num_classes]."""
+    schedule = getattr(denoiser, "schedule", None)
+    if isinstance(schedule, Schedule):
+        _checks.grid_on(schedule, timesteps)
+    _checks.start_noise("x_T", x_T, batch_axes=batch_axes, tokens=tokens)
+    _checks.batch("cond", cond, jnp.shape(x_T)[0])
+    _checks.labels("cond", cond, _checks.num_classes_of(denoiser))
+
+
 def sample(
     solver: Solver,
     denoiser: Denoiser,
@@ -106,6 +157,7 @@ def sample(
     *,
     cond=None,
     return_trajectory: bool = False,
+    debug_nans: bool = False,
 ):
     """Sample from `denoiser` with `solver` along `timesteps` (noise to data), starting at x_T.
 
@@ -120,20 +172,33 @@ def sample(
       x_T: the start (B, *event) at timesteps[0] (`prior_sample`).
       cond: the network's condition (class labels (B,), ...), or None.
       return_trajectory: also return every state and data prediction.
+      debug_nans: find where NaNs start: the compiled program (a separate one; the default program
+        is unchanged) also returns, per step, whether x is finite after it, and after the call a
+        FloatingPointError names the first non-finite step and its times, e.g. "sample: x became
+        non-finite at step 3 (t = 0.41 -> 0.3)". Checked on the host, so only when `sample` is
+        called outside `jit`/`vmap`; it waits for the result.
 
     Returns:
       (x, SampleInfo): the sample at the grid's last time and the NFE (and trajectory).
+
+    Raises:
+      FloatingPointError: with `debug_nans`, if x became non-finite at some step.
     """
     check_solver("solver", solver)
     check_denoiser(denoiser)
     check_grid(timesteps)
     check_steps(solver, timesteps)
     _checks.typed_key("key", key)
-    if jnp.ndim(x_T) < 1:
-        raise ValueError(f"x_T must have a batch axis, shape (B, *event), got shape {jnp.shape(x_T)}")
+    check_inputs(denoiser, timesteps, x_T, cond)
+    check_start_prediction(denoiser, timesteps)
     if cond is not None:
         denoiser = denoiser.replace(cond=cond)
-    return _sample(solver, denoiser, jnp.asarray(timesteps), key, jnp.asarray(x_T), return_trajectory)
+    timesteps = jnp.asarray(timesteps)
+    if not debug_nans:
+        return _sample(solver, denoiser, timesteps, key, jnp.asarray(x_T), return_trajectory)
+    x, info, finite = _sample(solver, denoiser, timesteps, key, jnp.asarray(x_T), return_trajectory, True)
+    raise_if_nonfinite("sample", finite, timesteps)
+    return x, info
 
 
 def prior_sample(key, schedule: Schedule, timesteps, shape, *, data_std: float = 0.0, dtype=None):
@@ -143,7 +208,13 @@ def prior_sample(key, schedule: Schedule, timesteps, shape, *, data_std: float =
     VE/EDM (as score_sde and EDM start), and sigma_T z ~ z for VP schedules.
     """
     _checks.typed_key("key", key)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a diffjax schedule, got {schedule!r}")
     check_grid(timesteps)
+    _checks.grid_on(schedule, timesteps)
+    shape = _checks.array_shape("shape", shape)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (float32, float64, bfloat16, ...) or None, got {dtype!r}")
     data_std = _checks.in_range("data_std", data_std, 0.0, float("inf"))
     t = jnp.asarray(timesteps)[0]
     scale = jnp.sqrt(schedule.alpha(t) ** 2 * data_std**2 + schedule.sigma(t) ** 2)

@@ -9,6 +9,21 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 
+MAX_LENGTH = 1000  # characters of a spec string
+MAX_DEPTH = 20  # nesting levels of its expression (calls, lists, tuples, dicts)
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply calls and containers (lists, tuples, dicts, sets) nest in an expression, iteratively."""
+    nesting = (ast.Call, ast.List, ast.Tuple, ast.Dict, ast.Set)
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        node, level = stack.pop()
+        level += isinstance(node, nesting)
+        deepest = max(deepest, level)
+        stack.extend((child, level) for child in ast.iter_child_nodes(node))
+    return deepest
+
 
 def parse(field: str, spec: str, registry: Mapping[str, Callable]) -> functools.partial:
     """`registry[name]` with the spec's keyword arguments bound (not yet called).
@@ -23,13 +38,20 @@ def parse(field: str, spec: str, registry: Mapping[str, Callable]) -> functools.
       the field and the spec.
 
     Raises:
-      ValueError: naming the field, for a spec that is not of that form, a name not in the registry, or
-        a keyword the builder does not take (listing those it does).
+      ValueError: naming the field, for a spec that is not of that form, is longer than `MAX_LENGTH`
+        characters or nests deeper than `MAX_DEPTH` levels, a name not in the registry, or a keyword
+        the builder does not take (listing those it does).
     """
+    if isinstance(spec, str) and len(spec) > MAX_LENGTH:
+        raise ValueError(
+            f"{field} must be a spec of at most {MAX_LENGTH} characters, got {len(spec)}: {spec[:60]!r}..."
+        )
     try:
         node = ast.parse(spec, mode="eval").body if isinstance(spec, str) else None
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):  # CPython refuses ~200 nested parentheses itself
         node = None
+    if node is not None and _depth(node) > MAX_DEPTH:
+        raise ValueError(f"{field} must nest at most {MAX_DEPTH} levels deep, got {spec!r}")
     if isinstance(node, ast.Name):
         name, kwargs = node.id, {}
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:

@@ -141,11 +141,19 @@ def test_huge_lambda_and_non_finite_rewards_give_finite_samples():
         return jnp.where(x[:, 0] < -2.5, jnp.inf, r)
 
     for lmbda in (1e4, 1.0):
-        p = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T, wild,
-                                 lmbda=lmbda)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T, wild,
+                                     lmbda=lmbda)  # fmt: skip
         assert np.all(np.isfinite(p.x)) and np.all(np.isfinite(np.exp(p.log_weights)))
-    dead = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T,
-                                lambda x, c: jnp.full(x.shape[:1], jnp.nan), lmbda=1.0)  # fmt: skip
+        # a population whose 16 rewards were all NaN at a step fell back to uniform weights (here some do):
+        # exactly one RuntimeWarning per call says so, and none without one
+        runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(runtime) == int(np.any(np.asarray(p.degenerate) > 0)), [str(w.message) for w in runtime]
+    # all rewards NaN: every population falls back to uniform weights, and the call says so once
+    with pytest.warns(RuntimeWarning, match="fell back to uniform weights"):
+        dead = dj.steering.fk_steer(gmm.exact_solver(sched), gmm.denoiser(sched), ts, jax.random.key(1), x_T,
+                                    lambda x, c: jnp.full(x.shape[:1], jnp.nan), lmbda=1.0)  # fmt: skip
     assert np.all(np.isfinite(dead.x)) and np.all(dead.degenerate > 0)
     np.testing.assert_allclose(np.exp(dead.log_weights), 1 / 16)
 

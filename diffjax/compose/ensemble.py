@@ -322,7 +322,7 @@ def partition_mixture(mixture: GaussianMixture, groups: Sequence[Sequence[int]])
         raise ValueError(f"groups must split the component indices 0..{n - 1} into >= 2 disjoint non-empty groups, "
                          f"got {groups!r}")  # fmt: skip
     w, means, scales = (np.asarray(a) for a in (mixture.weights, mixture.means, mixture.scales))
-    parts = tuple(GaussianMixture(w[list(g)], means[list(g)], scales[list(g)]) for g in groups)
+    parts = tuple(GaussianMixture(w[list(g)] / w[list(g)].sum(), means[list(g)], scales[list(g)]) for g in groups)
     return parts, np.array([w[list(g)].sum() for g in groups])
 
 

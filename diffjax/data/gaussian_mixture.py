@@ -27,16 +27,31 @@ def _coefficients(schedule, t, x):
 
 @jax.tree_util.register_pytree_node_class
 class GaussianMixture:
-    """Mixture of diagonal Gaussians: weights (K,), means (K, d), scales (K, d) per-dimension std."""
+    """Mixture of diagonal Gaussians: weights (K,), means (K, d), scales (K, d) per-dimension std.
+
+    The weights must be positive and sum to 1 (within 1e-6; they are renormalised to the last bit),
+    the means finite and the scales positive and finite: otherwise a ValueError names the field."""
 
     def __init__(self, weights, means, scales):
-        weights, means, scales = (np.asarray(a, dtype=np.float64) for a in (weights, means, scales))
-        if weights.ndim != 1 or weights.size < 1 or not np.all(weights > 0):
-            raise ValueError(f"weights must be a 1-D array of positive numbers, got {weights!r}")
-        if means.ndim != 2 or means.shape[0] != weights.size:
-            raise ValueError(f"means must have shape (K, d) = ({weights.size}, d), got shape {means.shape}")
-        if scales.shape != means.shape or not np.all(scales > 0):
-            raise ValueError(f"scales must be positive with the shape of means {means.shape}, got {scales!r}")
+        arrays = {}
+        for name, a in (("weights", weights), ("means", means), ("scales", scales)):
+            try:
+                arrays[name] = np.asarray(a, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name} must be an array of real numbers, got {a!r}") from err
+        weights, means, scales = arrays["weights"], arrays["means"], arrays["scales"]
+        if weights.ndim != 1 or weights.size < 1 or not np.all(np.isfinite(weights)) or not np.all(weights > 0):
+            raise ValueError(f"weights must be a 1-D array of positive finite numbers, got {weights!r}")
+        if abs(weights.sum() - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1 (within 1e-6), got sum {weights.sum()!r} for weights {weights!r}")
+        if means.ndim != 2 or means.shape[0] != weights.size or means.shape[1] < 1:
+            raise ValueError(f"means must have shape (K, d) = ({weights.size}, d >= 1), got shape {means.shape}")
+        if not np.all(np.isfinite(means)):
+            raise ValueError(f"means must be finite, got {means!r}")
+        if scales.shape != means.shape:
+            raise ValueError(f"scales must have the shape of means {means.shape}, got shape {scales.shape}")
+        if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+            raise ValueError(f"scales (per-dimension stds) must be positive and finite, got {scales!r}")
         self.weights = jnp.asarray(weights / weights.sum())
         self.means = jnp.asarray(means)
         self.scales = jnp.asarray(scales)
@@ -253,4 +268,4 @@ def ring(num_modes: int = 8, radius: float = 2.0, scale: float = 0.05) -> Gaussi
     """Equal-weight 2-D Gaussians on a circle: the standard multimodal test of samplers."""
     angles = 2 * np.pi * np.arange(num_modes) / num_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    return GaussianMixture(np.ones(num_modes), means, np.full_like(means, scale))
+    return GaussianMixture(np.full(num_modes, 1.0 / num_modes), means, np.full_like(means, scale))

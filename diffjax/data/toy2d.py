@@ -103,7 +103,7 @@ def eight_gaussians_mixture() -> GaussianMixture:
     """The exact `GaussianMixture` that ``eight_gaussians`` samples from (mode k at angle 2 pi k / 8)."""
     angles = 2 * np.pi * np.arange(8) / 8
     means = EIGHT_GAUSSIANS_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    return GaussianMixture(np.ones(8), means, np.full_like(means, EIGHT_GAUSSIANS_STD))
+    return GaussianMixture(np.full(8, 1.0 / 8), means, np.full_like(means, EIGHT_GAUSSIANS_STD))
 
 
 # rings: four concentric circles of radii 1/4, 2/4, 3/4, 1 (equally likely), isotropic noise of std 0.03.

@@ -204,6 +204,7 @@ def _check_guided(denoiser, null_cond):
         raise ValueError(f"denoiser must be callable as denoiser(x, t, cond) and have a .schedule, got {denoiser!r}")
     if null_cond is None:
         raise ValueError("null_cond must be the unconditional input (e.g. the null label num_classes), got None")
+    _checks.labels("null_cond", null_cond, _checks.num_classes_of(denoiser))
 
 
 def _check_interval(interval):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from diffjax import _checks, gaussian
 from diffjax.gaussian import Gaussian
-from diffjax.solvers.base import GaussianSolver, solver_value
+from diffjax.solvers.base import GaussianSolver, ddim_step, solver_value, where_pure_noise
 
 VARIANCES = ("beta_tilde", "beta")
 
@@ -74,7 +74,12 @@ class EulerAncestral(GaussianSolver):
         s_down = jnp.sqrt(jnp.maximum(s_next**2 - s_up**2, 0.0))
         x_bar = x / alpha
         x_bar = x_bar + (s_down - s) * (x_bar - pred.x0) / s
-        return Gaussian(alpha_next * x_bar, alpha_next * self.s_noise * s_up * jnp.ones_like(x))
+        mean, std = alpha_next * x_bar, alpha_next * self.s_noise * s_up * jnp.ones_like(x)
+        # From alpha = 0 (s = inf): the limit s_up = min(eta, 1) s', s_down = sqrt(1 - min(eta, 1)^2) s',
+        # which is DDIM(min(eta, 1)) with its noise scaled by s_noise.
+        at_noise = ddim_step(schedule, pred, t, t_next, eta=min(self.eta, 1.0))
+        return Gaussian(where_pure_noise(schedule, t, at_noise.mean, mean),
+                        where_pure_noise(schedule, t, self.s_noise * at_noise.std, std))  # fmt: skip
 
     @property
     def stochastic(self):
@@ -92,7 +97,8 @@ def euler_ancestral(eta: float = 1.0, s_noise: float = 1.0) -> EulerAncestral:
         s_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)),  s_down = sqrt(s'^2 - s_up^2),
         x_bar' = x_bar + (s_down - s) (x_bar - x0) / s + s_noise s_up z.
 
-    Weak order 1; with eta = 1 it is DDPM posterior sampling.
+    Weak order 1; with eta = 1 it is DDPM posterior sampling. A step from alpha = 0 (s = inf) is the
+    limit of this one, DDIM(min(eta, 1)) with its noise scaled by s_noise.
 
     Args:
       eta: the fraction of the step's variance that is fresh noise (>= 0; 0 is Euler).

@@ -27,6 +27,25 @@ so a solver declares how to take its state at ancestor indices (`gather`).
 state and the prediction at (x, t) (DDIM with eta > 0, DDPM, Euler-ancestral, SDE-DPM-Solver++,
 Euler-Maruyama): TDS and SMCDiff use them as proposal kernels, evaluating `transition` at a
 twisted prediction and reading the density.
+
+**Starting at alpha = 0.** A grid may start where alpha(t) = 0 and x_t is pure noise (rectified flow
+at t = 1), where x/alpha, sigma/alpha and lambda = log(alpha/sigma), the coordinates most solvers
+step in, are infinite. There every solver takes DDIM's step from the prediction at (x, t),
+x' = alpha' x0 + sigma' eps (`ddim_step`, `gaussian.posterior`, finite there because
+SNR(t) = 0), selected branch-free with `jnp.where` on the traced `at_pure_noise(schedule, t)`, so a
+step from alpha > 0 computes the solver's own arithmetic (bit for bit under the test suite's XLA:CPU
+-O0; with LLVM's optimizations on, the select's fusion can move the last bit or two). It is the
+limit alpha -> 0 of every solver's first-order step (Euler in sigma/alpha, DPM-Solver(++)-1, UniP-1,
+DEIS-1, PNDM's transfer; x0-hat at alpha = 0 is the data mean, as x_t carries no information about
+x0), while their higher-order corrections have no limit (their step in sigma/alpha or lambda is
+infinitely long). Stochastic solvers take their own step's limit, which is one of DDIM's family: Euler-ancestral's
+DDIM(min(eta, 1)) with its noise scaled by s_noise, Euler-Maruyama's and SDE-DPM-Solver++'s the
+ancestral (DDPM posterior) step, Heun's the deterministic step (churn at an infinite noise level
+is undefined). Multistep solvers then restart (`restart_at_pure_noise`): the output of that step
+never enters their finite differences, and the next step is a first step of the remaining grid, so
+a run from alpha = 0 equals the DDIM step followed by the solver on the rest of the grid (exactly,
+for solvers without head steps). The prediction at alpha = 0 must give x0: `sample` refuses
+eps-, score- and EDM-predicting denoisers there (`check_start_prediction`).
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from diffjax import _checks, gaussian
 from diffjax.arrays import noise_like  # noqa: F401  (solvers draw noise through this module)
 from diffjax.gaussian import Gaussian
 
@@ -195,6 +215,107 @@ def weighted_sum(history, weights):
 def gather_history(history, ancestors):
     """A history of per-particle arrays (size, N, ...) taken at `ancestors` along the particle axis."""
     return history._replace(values=take(history.values, ancestors, axis=1))
+
+
+# --- starting at alpha = 0 -----------------------------------------------------------------------
+
+# predictions that cannot give x0 where alpha = 0 (x0 = (x - sigma eps) / alpha, EDM's x / alpha)
+NO_X0_AT_PURE_NOISE = ("eps", "score", "edm")
+
+
+def at_pure_noise(schedule, t):
+    """Whether alpha(t) == 0, where x_t is pure noise (a traced bool of t's shape).
+
+    Args:
+      schedule: the schedule.
+      t: the time (a scalar, or per-sample (B, 1, ..., 1)).
+
+    Returns:
+      The bool array `schedule.alpha(t) == 0`.
+    """
+    return schedule.alpha(t) == 0
+
+
+def ddim_step(schedule, pred, t, t_next, *, eta=0.0) -> Gaussian:
+    """DDIM's step from t to t_next as a Gaussian: with eta = 0 the point mass at
+    alpha' x0 + sigma' eps, with eta = 1 the ancestral step, N(alpha' x0, sigma'^2 I) from alpha(t) = 0
+    (`gaussian.posterior`, the one home of DDIM's formula). It is finite from alpha(t) = 0 and into
+    sigma(t_next) = 0, where other solvers' coordinates are not (module docstring).
+
+    Args:
+      schedule: the schedule.
+      pred: the `Prediction` at (x, t).
+      t: the step's start time.
+      t_next: the step's end time.
+      eta: DDIM's noise level in [0, 1].
+
+    Returns:
+      The step's `Gaussian` law, std broadcast to x0's shape.
+    """
+    return gaussian.posterior(schedule, pred.x0, pred.eps, t, t_next, eta=eta)
+
+
+def where_pure_noise(schedule, t, at_noise, otherwise):
+    """`at_noise` where alpha(t) == 0, else `otherwise` (x-shaped arrays; a per-sample t broadcasts),
+    branch-free: where alpha(t) > 0 the result is `otherwise` bit for bit.
+
+    Args:
+      schedule: the schedule.
+      t: the step's start time.
+      at_noise: the value at alpha(t) = 0 (from `ddim_step`).
+      otherwise: the solver's own value.
+
+    Returns:
+      jnp.where(alpha(t) == 0, at_noise, otherwise), in `otherwise`'s dtype.
+    """
+    return jnp.where(at_pure_noise(schedule, t), at_noise, otherwise).astype(jnp.result_type(otherwise))
+
+
+def restart_at_pure_noise(schedule, t, fresh, state):
+    """A multistep solver's state after a step from t: `fresh` (the state before a grid's first step)
+    where alpha(t) == 0, else `state`, leaf by leaf and branch-free. The history of the step from
+    alpha = 0 is dropped, so the next step is a first step and no finite difference uses that output.
+
+    A per-sample t (`time_shift`) restarts every sample when any one sits at alpha = 0 (the counters
+    are shared by the batch); `fresh` should hold the same x as `state`.
+
+    Args:
+      schedule: the schedule.
+      t: the step's start time.
+      fresh: the restarted state (a pytree like `state`).
+      state: the solver's own next state.
+
+    Returns:
+      The selected state.
+    """
+    restart = jnp.any(at_pure_noise(schedule, t))
+    return jax.tree.map(lambda a, b: jnp.where(restart, a, b).astype(b.dtype), fresh, state)
+
+
+def check_start_prediction(denoiser, timesteps) -> None:
+    """Raise a ValueError when a concrete grid starts where alpha = 0 and `denoiser` predicts eps, score
+    or EDM's F, from which x0 = (x - sigma eps) / alpha is undefined there; x0-, v- and
+    velocity-predicting denoisers give x0 at alpha = 0. Denoisers without a `prediction` attribute and
+    traced grids are not checked.
+
+    Args:
+      denoiser: the denoiser (`Denoiser.prediction` is read).
+      timesteps: the grid; its first time is checked.
+
+    Raises:
+      ValueError: naming the prediction and the time.
+    """
+    prediction = getattr(denoiser, "prediction", None)
+    schedule = getattr(denoiser, "schedule", None)
+    if prediction not in NO_X0_AT_PURE_NOISE or schedule is None or not _checks.is_concrete(timesteps):
+        return
+    t = jnp.asarray(timesteps)[0]
+    if bool(at_pure_noise(schedule, t)):
+        raise ValueError(
+            f"timesteps[0]={float(t)!r} is a time where alpha = 0 (pure noise), where a denoiser with "
+            f"prediction={prediction!r} cannot give x0 = (x - sigma eps) / alpha; start the grid below it "
+            "(e.g. dj.timesteps.uniform(sched, n, t_max=0.999)) or use an x0-, v- or velocity-predicting denoiser"
+        )
 
 
 # --- wrappers ------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ written with antiderivatives in absolute log rho). Warm-up uses orders 1, 2, ...
 `lower_order_final` and fewer than 15 steps the last two steps use orders 1 and <= 2, as diffusers
 (the rule `diffjax.solvers.multistep.step_order` shares with DPM-Solver and UniPC). A step that
 lands on sigma = 0 is first order (diffusers' DEIS never goes there; its DPMSolverMultistep does
-the same for final_sigmas_type="zero"). Needs alpha > 0 where a step starts.
+the same for final_sigmas_type="zero"). A step from alpha = 0 (pure noise) is DDIM's, after which
+DEIS restarts: the next step is a first step of the remaining grid (`diffjax.solvers.base`).
 
 The first-order first step caps the global order of DEIS-3 at 2; `start="singlestep"` takes the
 first step with singlestep DPM-Solver++-3 (3 NFE), which records eps at the start time in the
@@ -34,13 +35,16 @@ from diffjax.solvers.base import (
     History,
     Solver,
     StepInfo,
+    ddim_step,
     empty_history,
     gather_history,
     push,
     record,
+    restart_at_pure_noise,
     solver_value,
     take,
     weighted_sum,
+    where_pure_noise,
 )
 from diffjax.solvers.dpm_solver import singlestep
 from diffjax.solvers.multistep import (
@@ -110,6 +114,12 @@ class DEIS(Solver):
         size = max(self.method_order - 1, 1)
         return DEISState(x, empty_history(size, x), lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
+    def _restart(self, sched, t, state, new):
+        """`new`, or where alpha(t) = 0 the state before the first step of the remaining grid."""
+        eps = empty_history(state.eps.values.shape[0], new.x)
+        fresh = DEISState(new.x, eps, jnp.zeros_like(state.lam), jnp.zeros_like(state.i), state.n - state.i - 1)
+        return restart_at_pure_noise(sched, t, fresh, new)
+
     def step(self, state, key, t, t_next, denoise):
         del key
         order = self.method_order
@@ -123,8 +133,9 @@ class DEIS(Solver):
         alpha, alpha_next = sched.alpha(t), sched.alpha(t_next)
         eps_sum = c[0] * pred.eps + (weighted_sum(state.eps, c[1:]) if order > 1 else 0.0)
         x_next = alpha_next * (state.x / alpha + sched.sigma(t) / alpha * eps_sum)
+        x_next = where_pure_noise(sched, t, ddim_step(sched, pred, t, t_next).mean, x_next)
         new = DEISState(x_next.astype(state.x.dtype), record(state.eps, pred.eps), lam, state.i + 1, state.n)
-        return new, StepInfo(jnp.int32(1), pred.x0)
+        return self._restart(sched, t, state, new), StepInfo(jnp.int32(1), pred.x0)
 
     def singlestep_start(self, state, key, t, t_next, denoise):
         """The first step as singlestep DPM-Solver++-3 (3 NFE); records eps at t in the history."""
@@ -133,7 +144,7 @@ class DEIS(Solver):
         x_next, pred = singlestep(START_ORDER, "dpmsolver++", "dpmsolver", "logsnr", state.x, t, t_next, denoise)
         lam = push(state.lam, 0.5 * sched.logsnr(t))
         new = DEISState(x_next.astype(state.x.dtype), record(state.eps, pred.eps), lam, state.i + 1, state.n)
-        return new, StepInfo(jnp.int32(START_ORDER), pred.x0)
+        return self._restart(sched, t, state, new), StepInfo(jnp.int32(START_ORDER), pred.x0)
 
     @property
     def head(self):
@@ -155,7 +166,7 @@ def deis(order: int = 3, lower_order_final: bool = True, *, start: str = "lower_
     (rho = sigma/alpha) and integrates it exactly; one NFE per step. Orders warm up 1, 2, ...
     Declared order: min(order, 2) with the lower-order start (its first-order first step dominates
     once errors are small; on grids that start at sigma ~ 80 only at thousands of steps), `order`
-    with `start="singlestep"`. Needs alpha > 0 where a step starts.
+    with `start="singlestep"`. A step from alpha = 0 is DDIM's, and the next a first step.
 
     Args:
       order: 1 (DDIM), 2 or 3.

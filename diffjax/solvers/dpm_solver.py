@@ -11,8 +11,11 @@ phi_2 = phi_1 / hh - 1, phi_3 = phi_2 / hh - 1/2.
 
 `solver_type` "dpmsolver" (diffusers' "midpoint") and "taylor" ("heun") are the official code's
 two second-order corrections. Steps that land on sigma = 0 (lambda = inf) drop to first order,
-which returns the data prediction exactly (DPM-Solver++), as diffusers does for
-`final_sigmas_type="zero"`.
+which returns the data prediction exactly (DPM-Solver++; DPM-Solver's noise-prediction form, whose
+first-order step there is 0 * inf, takes DDIM's step, the same x0), as diffusers does for
+`final_sigmas_type="zero"`. A step from alpha = 0 (lambda = -inf, pure noise) is DDIM's
+(`diffjax.solvers.base`), and the multistep solvers restart after it: their next step is a first
+step of the remaining grid, with nothing of the step from alpha = 0 in its differences.
 
 **DPM-Solver++(3M).** The official code, diffusers and k-diffusion weight D2 =
 (D1_0 - D1_1)/(r0 + r1), which estimates h^2 x0''/2, by phi_3, while Taylor's theorem asks for
@@ -40,14 +43,18 @@ from diffjax.solvers.base import (
     Solver,
     State,
     StepInfo,
+    at_pure_noise,
+    ddim_step,
     empty_history,
     gather_history,
     push,
     read,
     record,
+    restart_at_pure_noise,
     solver_value,
     take,
     weighted_sum,
+    where_pure_noise,
 )
 from diffjax.solvers.multistep import (
     LOWER_ORDER_FINAL_BELOW,
@@ -136,7 +143,16 @@ def singlestep(order: int, algorithm: str, solver_type: str, inner: str, x, s, t
             x_t = x_t - b_t * phi_2 * d1 - b_t * (phi_2 / hh - 0.5) * d2
     if order >= 2:  # into sigma = 0 the ratios r are inf / inf: first order, x0 itself for ++
         x_t = jnp.where(sched.sigma(t) == 0, x_first, x_t)
-    return x_t, pred
+    return _ddim_where_singular(algorithm, sched, pred, s, t, x_t), pred
+
+
+def _ddim_where_singular(algorithm, sched, pred, s, t, x_t):
+    """x_t, or DDIM's step where the step from s to t is singular in lambda: from alpha(s) = 0, and
+    for noise prediction also into sigma(t) = 0 (where sigma_t expm1(h) is 0 inf; DDIM gives x0)."""
+    singular = at_pure_noise(sched, s)
+    if algorithm == "dpmsolver":  # data prediction's first-order step into sigma = 0 is x0 itself
+        singular = singular | (sched.sigma(t) == 0)
+    return jnp.where(singular, ddim_step(sched, pred, s, t).mean, x_t).astype(jnp.result_type(x_t))
 
 
 def singlestep_update(order: int, algorithm: str, solver_type: str, inner: str):
@@ -292,6 +308,13 @@ def _multistep_init(order, x, timesteps):
     )
 
 
+def _restart(sched, s, state, new):
+    """`new`, or where alpha(s) = 0 the state before the first step of the remaining grid."""
+    fresh = MultistepState(new.x, jnp.zeros_like(state.i), state.n - state.i - 1,
+                           empty_history(state.models.values.shape[0], new.x), jnp.zeros_like(state.lams))  # fmt: skip
+    return restart_at_pure_noise(sched, s, fresh, new)
+
+
 def _gather_multistep(state, ancestors):
     return state._replace(x=take(state.x, ancestors), models=gather_history(state.models, ancestors))
 
@@ -344,8 +367,9 @@ class DPMMultistep(Solver):
         # phi_1 m0 + c1 (m0 - m1) + c2 (m1 - m2), with m1, m2 read from the history in one pass.
         earlier = weighted_sum(state.models, jnp.stack([c2 - c1, -c2])[: state.models.values.shape[0]])
         x_t = (a_t / a_s) * x - b_t * ((phi_1 + c1) * m_s + earlier)
+        x_t = _ddim_where_singular(algorithm, sched, pred, s, t, x_t)
         new = MultistepState(x_t.astype(x.dtype), state.i + 1, state.n, record(state.models, m_s), lams)
-        return new, StepInfo(jnp.int32(1), pred.x0)
+        return _restart(sched, s, state, new), StepInfo(jnp.int32(1), pred.x0)
 
     def singlestep_start(self, state, key, s, t, denoise):
         """The first step as singlestep DPM-Solver(++)-3 (3 NFE); records the model output at s."""
@@ -355,7 +379,7 @@ class DPMMultistep(Solver):
         m_s = _terms(self.algorithm, sched, s, pred)[2]
         lams = push(state.lams, _lam(sched, s))
         new = MultistepState(x_t.astype(state.x.dtype), state.i + 1, state.n, record(state.models, m_s), lams)
-        return new, StepInfo(jnp.int32(START_ORDER), pred.x0)
+        return _restart(sched, s, state, new), StepInfo(jnp.int32(START_ORDER), pred.x0)
 
     @property
     def head(self):
@@ -501,12 +525,16 @@ class DPMSolverPP2MSDE(GaussianSolver):
         mean = sigma_t / sched.sigma(t) * jnp.exp(-eta_h) * x + alpha_t * g * pred.x0
         mean = mean + jnp.where(k == 2, alpha_t * g_d * d, 0.0)
         std = sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * eta_h))
-        return Gaussian(mean, std * jnp.ones_like(mean))
+        # from alpha = 0 (h = inf) the limit of this step: the ancestral step for eta > 0, DDIM's for eta = 0
+        at_noise = ddim_step(sched, pred, t, t_next, eta=1.0 if self.eta > 0 else 0.0)
+        mean = where_pure_noise(sched, t, at_noise.mean, mean)
+        return Gaussian(mean, where_pure_noise(sched, t, at_noise.std, std * jnp.ones_like(mean)))
 
     def advance(self, state, x_next, pred, t, t_next, schedule):
         del t_next
         lams = push(state.lams, _lam(schedule, t))
-        return MultistepState(x_next.astype(state.x.dtype), state.i + 1, state.n, record(state.models, pred.x0), lams)
+        new = MultistepState(x_next.astype(state.x.dtype), state.i + 1, state.n, record(state.models, pred.x0), lams)
+        return _restart(schedule, t, state, new)
 
     @property
     def stochastic(self):

@@ -7,7 +7,9 @@ x_bar = x/alpha against s = sigma/alpha so it runs on any schedule.
     d' = (x_bar' - D(x_bar'; s')) / s',      x_bar' = x_hat + (s' - s_hat) (d + d') / 2.
 
 The last step is Euler (EDM's loop skips the correction into s' = 0), so NFE = 2N - 1 on EDM's
-grid. With S_churn = 0 this is the deterministic Heun / EDM sampler.
+grid. With S_churn = 0 this is the deterministic Heun / EDM sampler. A step from alpha = 0 (s = inf,
+where neither churn nor the trapezoidal correction has a limit) is the deterministic DDIM step
+(`diffjax.solvers.base`); it still costs the step's NFE.
 """
 
 from typing import NamedTuple
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import _checks
-from diffjax.solvers.base import Solver, StepInfo, noise_like, solver_value, take
+from diffjax.solvers.base import Solver, StepInfo, ddim_step, noise_like, solver_value, take, where_pure_noise
 
 
 class HeunState(NamedTuple):
@@ -51,9 +53,16 @@ class Heun(Solver):
             churn = s * jnp.sqrt(gamma * (2.0 + gamma))  # sqrt(s_hat^2 - s^2) without cancellation
             x_hat = x_hat + churn * self.s_noise * noise_like(key, x)
         t_hat = sched.t_from_ve_sigma(s_hat) if self.s_churn > 0 else t
-        pred = denoise((sched.alpha(t_hat) * x_hat).astype(x.dtype), t_hat)
+        # at alpha(t) = 0 (s = inf) there is no churn and the prediction is taken at (x, t) itself
+        t_hat = where_pure_noise(sched, t, t, t_hat)
+        pred = denoise(where_pure_noise(sched, t, x, sched.alpha(t_hat) * x_hat).astype(x.dtype), t_hat)
         d = (x_hat - pred.x0) / s_hat
         return x_hat, s_hat, s_next, d, x_hat + (s_next - s_hat) * d, pred
+
+    def _from_pure_noise(self, sched, x, pred, x_next, t, t_next):
+        """x_next, or DDIM's step from the prediction at (x, t) where alpha(t) = 0; in x's dtype."""
+        x_next = where_pure_noise(sched, t, ddim_step(sched, pred, t, t_next).mean, x_next)
+        return x_next.astype(x.dtype)
 
     def step(self, state, key, t, t_next, denoise):
         sched = denoise.schedule
@@ -61,13 +70,15 @@ class Heun(Solver):
         alpha_next = sched.alpha(t_next)
         d_next = (x_bar - denoise((alpha_next * x_bar).astype(state.x.dtype), t_next).x0) / s_next
         x_bar = x_hat + (s_next - s_hat) * 0.5 * (d + d_next)
-        return state._replace(x=(alpha_next * x_bar).astype(state.x.dtype)), StepInfo(jnp.int32(2), pred.x0)
+        x_next = self._from_pure_noise(sched, state.x, pred, alpha_next * x_bar, t, t_next)
+        return state._replace(x=x_next), StepInfo(jnp.int32(2), pred.x0)
 
     def final_euler(self, state, key, t, t_next, denoise):
         """The last step: churn and Euler only (1 NFE), as EDM's loop into s' = 0."""
         *_, x_bar, pred = self._churn_and_euler(state, key, t, t_next, denoise)
-        x_next = denoise.schedule.alpha(t_next) * x_bar
-        return state._replace(x=x_next.astype(state.x.dtype)), StepInfo(jnp.int32(1), pred.x0)
+        sched = denoise.schedule
+        x_next = self._from_pure_noise(sched, state.x, pred, sched.alpha(t_next) * x_bar, t, t_next)
+        return state._replace(x=x_next), StepInfo(jnp.int32(1), pred.x0)
 
     @property
     def tail(self):

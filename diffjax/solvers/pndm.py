@@ -35,6 +35,11 @@ evaluated at t - 1/N; the midpoint's phi reads the knot `alphas_cump[int(mid) + 
 code does (this differs from the interpolated schedule only for odd step sizes). The official grid
 `range(0, N, N // S)` ending in `alphas_cump[0]` is then
 `timesteps.diffusers(sched, S, spacing="leading", steps_offset=1, final="sigma_min")`.
+
+A step from alpha = 0 (pure noise, where phi divides by alpha) is DDIM's from the prediction at
+(x, t), after which the methods restart with an empty history: the next step is Adams-Bashforth 1
+(the head steps are static grid positions, so a warm-up step that falls at alpha = 0 is spent on
+that DDIM step; `diffjax.solvers.base`).
 """
 
 from typing import NamedTuple
@@ -49,12 +54,15 @@ from diffjax.solvers.base import (
     History,
     Solver,
     StepInfo,
+    ddim_step,
     empty_history,
     gather_history,
     record,
+    restart_at_pure_noise,
     solver_value,
     take,
     weighted_sum,
+    where_pure_noise,
 )
 
 # Adams-Bashforth coefficients for 1..4 points, newest first.
@@ -90,7 +98,11 @@ def _shift(schedule, index_shift):
 
 
 def _eps(denoise, x, t, shift):
-    return denoise(x, t if shift is None else t - shift).eps
+    return _predict(denoise, x, t, shift).eps
+
+
+def _predict(denoise, x, t, shift):
+    return denoise(x, t if shift is None else t - shift)
 
 
 def _midpoint(t, t_next, shift):
@@ -102,10 +114,14 @@ def _midpoint(t, t_next, shift):
     return mid, (jnp.trunc(n * mid - 2.0 + 0.25) + 2.0) / n
 
 
-def _finish(state, sched, x, e, e_bar, t, t_next, nfe):
-    x0 = (x - sched.sigma(t) * e_bar) / sched.alpha(t)
-    new = PNDMState(transfer(sched, x, e_bar, t, t_next), record(state.eps, e), state.count + 1)
-    return new, StepInfo(jnp.int32(nfe), x0.astype(x.dtype))
+def _finish(state, sched, x, pred, e_bar, t, t_next, nfe):
+    """The step's new state from e_bar, with `pred` = the prediction at the step's start (its eps
+    joins the history); from alpha(t) = 0, DDIM's step from `pred` and an empty history."""
+    x0 = where_pure_noise(sched, t, pred.x0, (x - sched.sigma(t) * e_bar) / sched.alpha(t))
+    x_next = where_pure_noise(sched, t, ddim_step(sched, pred, t, t_next).mean, transfer(sched, x, e_bar, t, t_next))
+    new = PNDMState(x_next.astype(x.dtype), record(state.eps, pred.eps), state.count + 1)
+    fresh = PNDMState(new.x, empty_history(state.eps.values.shape[0], x), jnp.zeros_like(state.count))
+    return restart_at_pure_noise(sched, t, fresh, new), StepInfo(jnp.int32(nfe), x0.astype(x.dtype))
 
 
 class _PseudoNumerical(Solver):
@@ -124,9 +140,10 @@ class _PseudoNumerical(Solver):
         del key
         sched, x = denoise.schedule, state.x
         shift = _shift(sched, self.index_shift)
-        e_1 = _eps(denoise, x, t, shift)
+        pred = _predict(denoise, x, t, shift)
+        e_1 = pred.eps
         e_2 = _eps(denoise, transfer(sched, x, e_1, t, t_next), t_next, shift)
-        return _finish(state, sched, x, e_1, 0.5 * (e_1 + e_2), t, t_next, 2)
+        return _finish(state, sched, x, pred, 0.5 * (e_1 + e_2), t, t_next, 2)
 
     def runge_kutta(self, state, key, t, t_next, denoise):
         """F-PNDM's warm-up step: pseudo Runge-Kutta in phi with t-midpoints (4 NFE)."""
@@ -134,7 +151,8 @@ class _PseudoNumerical(Solver):
         sched, x = denoise.schedule, state.x
         shift = _shift(sched, self.index_shift)
         mid, mid_transfer = _midpoint(t, t_next, shift)
-        e_1 = _eps(denoise, x, t, shift)
+        pred = _predict(denoise, x, t, shift)
+        e_1 = pred.eps
 
         # e_k = eps(phi(x, e_{k-1}, t -> c_k), c_k) for c = (m, m, t'): one scan, so one compiled network call.
         def stage(e, times):
@@ -147,7 +165,7 @@ class _PseudoNumerical(Solver):
             jnp.stack(jnp.broadcast_arrays(mid_transfer, mid_transfer, t_next)),
         )
         _, (e_2, e_3, e_4) = jax.lax.scan(stage, e_1, times)
-        return _finish(state, sched, x, e_1, (e_1 + 2.0 * e_2 + 2.0 * e_3 + e_4) / 6.0, t, t_next, 4)
+        return _finish(state, sched, x, pred, (e_1 + 2.0 * e_2 + 2.0 * e_3 + e_4) / 6.0, t, t_next, 4)
 
     def step(self, state, key, t, t_next, denoise):
         """Adams-Bashforth with as many of the `_points` points as the history holds (1 NFE)."""
@@ -156,12 +174,13 @@ class _PseudoNumerical(Solver):
         # rows[k]: the (k+1)-point formula padded to `order` entries; row min(count, order - 1) is used.
         rows = np.array([_AB[k] + (0.0,) * (order - 1 - k) for k in range(order)])  # float64 on the host
         sched, x = denoise.schedule, state.x
-        e = _eps(denoise, x, t, _shift(sched, self.index_shift))
+        pred = _predict(denoise, x, t, _shift(sched, self.index_shift))
+        e = pred.eps
         coef = rows[0]
         for k in range(1, order):
             coef = jnp.where(state.count >= k, rows[k], coef)
         e_bar = coef[0].astype(x.dtype) * e + weighted_sum(state.eps, coef[1:])
-        return _finish(state, sched, x, e, e_bar, t, t_next, 1)
+        return _finish(state, sched, x, pred, e_bar, t, t_next, 1)
 
     @property
     def order(self):

@@ -8,7 +8,11 @@ dx = [f x - g^2 score] dt + g dW_bar. Euler-Maruyama steps it from t to t' < t:
 
 With `denoise_final` the last step returns its mean (score_sde's `noise_removal`): the state counts
 its steps and the last step's noise scale is 0, branch-free, so every step is the same Gaussian
-transition and Euler-Maruyama serves as a proposal kernel (`GaussianSolver`).
+transition and Euler-Maruyama serves as a proposal kernel (`GaussianSolver`). At alpha = 0 (pure
+noise) the drift f and g^2 are infinite; a step from there is the ancestral step
+x' ~ N(alpha' x0, sigma'^2 I), the reverse SDE's exact transition given x0 = x0-hat, since x_t then
+carries no information about x0 (`diffjax.solvers.base`). The Langevin corrector's step size has
+the factor alpha_t^2 and is 0 there.
 
 `predictor_corrector` precedes every predictor step by `n_steps` Langevin corrector steps at
 time t with step size 2 r (snr |z| / |score|)^2, r = (alpha_t / alpha_t')^2 (score_sde's
@@ -27,7 +31,17 @@ import jax.numpy as jnp
 
 from diffjax import _checks
 from diffjax.gaussian import Gaussian
-from diffjax.solvers.base import GaussianSolver, Solver, Wrapper, check_solver, noise_like, solver_value, take
+from diffjax.solvers.base import (
+    GaussianSolver,
+    Solver,
+    Wrapper,
+    check_solver,
+    ddim_step,
+    noise_like,
+    solver_value,
+    take,
+    where_pure_noise,
+)
 
 
 class EulerMaruyamaState(NamedTuple):
@@ -52,6 +66,9 @@ class EulerMaruyama(GaussianSolver):
         dt = t - t_next
         mean = x - (schedule.drift(t) * x - schedule.diffusion2(t) * pred.score) * dt
         std = jnp.sqrt(schedule.diffusion2(t) * dt)
+        at_noise = ddim_step(schedule, pred, t, t_next, eta=1.0)  # alpha(t) = 0: the ancestral step
+        mean = where_pure_noise(schedule, t, at_noise.mean, mean)
+        std = where_pure_noise(schedule, t, at_noise.std, std)
         if self.denoise_final:
             std = jnp.where(state.step == state.num_steps - 1, 0.0, std)
         return Gaussian(mean.astype(x.dtype), std * jnp.ones_like(x))

@@ -21,8 +21,9 @@ min(order, steps left) at every step, as diffusers (whose docs say "< 15 steps" 
 applies it always) and the official code do (`diffjax.solvers.multistep.step_order`, the rule
 shared with DPM-Solver and DEIS); its uncorrected first-order last step caps the asymptotic order
 at 2. A step that lands on sigma = 0 is first order (diffusers gives NaN there with bh1 or without
-lower_order_final; the official code never steps to sigma = 0). Needs alpha > 0 at every time but
-a final sigma = 0.
+lower_order_final; the official code never steps to sigma = 0). A step from alpha = 0 (pure noise)
+is DDIM's, after which UniPC restarts: the next step is a first step of the remaining grid, and
+the step from alpha = 0 is never corrected (`diffjax.solvers.base`).
 
 **Start.** The warm-up's first step (UniP-1, corrected by UniC-1: order 1 + corrector) caps the
 global order at 2 + corrector. `start="singlestep"` takes the first step as singlestep
@@ -44,14 +45,17 @@ from diffjax.solvers.base import (
     History,
     Solver,
     StepInfo,
+    ddim_step,
     empty_history,
     gather_history,
     push,
     read,
     record,
+    restart_at_pure_noise,
     solver_value,
     take,
     weighted_sum,
+    where_pure_noise,
 )
 from diffjax.solvers.deis import moment_weights
 from diffjax.solvers.dpm_solver import singlestep
@@ -115,6 +119,15 @@ class UniPC(Solver):
         m = empty_history(self.method_order, x)
         return UniPCState(x, x, jnp.asarray(timesteps)[0], m, lam, jnp.int32(0), jnp.int32(len(timesteps) - 1))
 
+    def _restart(self, sched, t, t_next, state, new):
+        """`new`, or where alpha(t) = 0 the state before the first step of the remaining grid: nothing to
+        correct and no history."""
+        m = empty_history(state.m.values.shape[0], new.x)
+        t_next = jnp.broadcast_to(t_next, jnp.shape(state.t_prev)).astype(state.t_prev.dtype)
+        fresh = UniPCState(new.x, new.x, t_next, m, jnp.zeros_like(state.lam), jnp.zeros_like(state.i),
+                           state.n - state.i - 1)  # fmt: skip
+        return restart_at_pure_noise(sched, t, fresh, new)
+
     def step(self, state, key, t, t_next, denoise):
         del key
         sched = denoise.schedule
@@ -126,8 +139,10 @@ class UniPC(Solver):
             x = jnp.where(state.i > len(self.head), x_c, x).astype(x.dtype)
         m, lam = record(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
         p = self._order_at(state.i, state.n, jnp.isinf(sched.logsnr(t_next)))
-        x_next = _update(x, m, lam, t, t_next, p, sched, self.variant).astype(x.dtype)
-        return UniPCState(x_next, x, t, m, lam, state.i + 1, state.n), StepInfo(jnp.int32(1), pred.x0)
+        x_next = _update(x, m, lam, t, t_next, p, sched, self.variant)
+        x_next = where_pure_noise(sched, t, ddim_step(sched, pred, t, t_next).mean, x_next).astype(x.dtype)
+        new = UniPCState(x_next, x, t, m, lam, state.i + 1, state.n)
+        return self._restart(sched, t, t_next, state, new), StepInfo(jnp.int32(1), pred.x0)
 
     def singlestep_start(self, state, key, t, t_next, denoise):
         """The first step as singlestep DPM-Solver++-3 (3 NFE); records x0 at t in the history."""
@@ -136,7 +151,7 @@ class UniPC(Solver):
         x_next, pred = singlestep(START_ORDER, "dpmsolver++", "dpmsolver", "logsnr", state.x, t, t_next, denoise)
         m, lam = record(state.m, pred.x0), push(state.lam, 0.5 * sched.logsnr(t))
         new = UniPCState(x_next.astype(state.x.dtype), state.x, t, m, lam, state.i + 1, state.n)
-        return new, StepInfo(jnp.int32(START_ORDER), pred.x0)
+        return self._restart(sched, t, t_next, state, new), StepInfo(jnp.int32(START_ORDER), pred.x0)
 
     @property
     def head(self):

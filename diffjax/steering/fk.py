@@ -29,8 +29,13 @@ new state x_{t_{i+1}} (`reward_on="xt"`), or the many-sample estimate (`reward_o
 r_phi for discrete models) log (1/M) sum_j exp r(x0_j) with x0_j ~ N(x0-hat, v_t I) and
 v_t = s^2 sigma_t^2 / (alpha_t^2 s^2 + sigma_t^2) the posterior variance of x0 given x_t for data
 N(m, s^2 I) (s = `x0_std`): M reward calls per scheduled step, no extra network evaluation.
-Non-finite rewards give log G = -inf: the particle is
-never chosen again, and it never turns into NaN samples.
+Rewards are read through lmbda r: NaN rewards count as the lowest value (log G = -inf, weight 0:
+the particle is never chosen again, and it never turns into NaN samples), as do rewards with
+lmbda r = -inf; rewards with lmbda r = +inf take all the weight (shared equally by every such
+particle of the population). A population whose every weight is 0 at a step (all rewards NaN, say)
+falls back to uniform weights: `Particles.degenerate` counts those steps and `fk_steer` emits one
+RuntimeWarning per call. Log-weights, their normalisation and the ESS are float32 or wider whatever
+the particles' dtype (bfloat16 and float16 particles keep their dtype; their weights are float32).
 
 Token sequences (masked diffusion, a solver with `token_states`, e.g. `diffjax.discrete.ancestral()`
 with a `diffjax.discrete` denoiser) run through the same kernel: particles are (N, L) int32 states,
@@ -48,6 +53,9 @@ of their own; `fk_steer` drives it with `sampling.run_steps` in one `jit`.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -61,7 +69,7 @@ from diffjax import _checks
 from diffjax.arrays import as_pytree, noise_like, per_particle
 from diffjax.discrete.predicted import argmax_tokens, marginal_draws
 from diffjax.discrete.process import check_denoiser as check_masked_denoiser
-from diffjax.sampling import check_denoiser, check_steps, run_steps
+from diffjax.sampling import check_denoiser, check_steps, raise_if_nonfinite, run_steps
 from diffjax.solvers.base import Solver, check_solver
 from diffjax.steering import resampling
 from diffjax.steering.particles import Particles, check_run, collect
@@ -102,22 +110,59 @@ def _safe_reward(r):
     return jnp.where(jnp.isfinite(r), r, -jnp.inf)
 
 
+def _clean_reward(r):
+    """NaN as -inf (the lowest value); +-inf kept."""
+    return jnp.where(jnp.isnan(r), -jnp.inf, r)
+
+
+def _infinite_tilt(lmbda, r):
+    """The log-weight of a non-finite reward: +inf where lmbda r = +inf (all the weight), else -inf."""
+    return jnp.where(lmbda * r == jnp.inf, jnp.inf, -jnp.inf).astype(r.dtype)
+
+
 def _log_mean_exp(rewards):
+    rewards = resampling.wide(rewards)
     return jax.nn.logsumexp(rewards, axis=0) - jnp.log(rewards.shape[0])
 
 
 def many_sample_reward(reward: Callable, key, x0, cond, std, num_samples: int):
     """log (1/M) sum_j exp r(x0 + std z_j, cond), z_j ~ N(0, I), one reward call per j
-    (`jax.lax.map`); non-finite rewards count as -inf."""
-    draw = lambda key: _safe_reward(reward(x0 + std * noise_like(key, x0), cond))  # noqa: E731
+    (`jax.lax.map`), in float32 or wider; NaN rewards count as -inf, a +inf reward makes it +inf.
+
+    Args:
+      reward: `reward(x, cond) -> (N,)`.
+      key: a typed key for the M draws.
+      x0: (N, *event) the centres x0-hat.
+      cond: the reward's condition (or None).
+      std: the draws' standard deviation (a scalar).
+      num_samples: M.
+
+    Returns:
+      (N,) the log-mean-exp of the M rewards.
+    """
+    draw = lambda key: _clean_reward(reward(x0 + std * noise_like(key, x0), cond))  # noqa: E731
     return _log_mean_exp(jax.lax.map(draw, jax.random.split(key, num_samples)))
 
 
 def drawn_sample_reward(reward: Callable, x0_sampler: Callable, key, x_t, x0, cond, num_samples: int):
     """log (1/M) sum_j exp r(x0_j, cond) over the M draws `x0_sampler(key, x_t, x0, M)` (M, N, ...),
-    one reward call per draw (`jax.lax.map`); non-finite rewards count as -inf."""
+    one reward call per draw (`jax.lax.map`), in float32 or wider; NaN rewards count as -inf, a
+    +inf reward makes it +inf.
+
+    Args:
+      reward: `reward(x, cond) -> (N,)`.
+      x0_sampler: `x0_sampler(key, x_t, x0, M) -> (M, N, ...)`.
+      key: a typed key for the draws.
+      x_t: (N, ...) the step's start.
+      x0: the step's data prediction.
+      cond: the reward's condition (or None).
+      num_samples: M.
+
+    Returns:
+      (N,) the log-mean-exp of the M rewards.
+    """
     draws = x0_sampler(key, x_t, x0, num_samples)
-    return _log_mean_exp(jax.lax.map(lambda x: _safe_reward(reward(x, cond)), draws))
+    return _log_mean_exp(jax.lax.map(lambda x: _clean_reward(reward(x, cond)), draws))
 
 
 class FKState(NamedTuple):
@@ -172,10 +217,12 @@ class FK:
     x0_sampler: Any = None
 
     def init(self, x_T, timesteps) -> FKState:
-        """The state at timesteps[0] for flat particles x_T (B K, *event), all weights equal."""
+        """The state at timesteps[0] for flat particles x_T (B K, *event), all weights equal; the
+        weights' dtype is x_T's promoted to float32 or wider (float32 for bfloat16 particles)."""
         n = x_T.shape[0]
         b = n // self.num_particles
-        dtype = x_T.dtype if jnp.issubdtype(x_T.dtype, jnp.floating) else jnp.result_type(float)
+        floating = jnp.issubdtype(x_T.dtype, jnp.floating)
+        dtype = jnp.promote_types(x_T.dtype, jnp.float32) if floating else jnp.result_type(float)
         zeros = jnp.zeros(n, dtype)
         return FKState(self.solver.init(x_T, timesteps), zeros, PotentialState(zeros, zeros, zeros, zeros),
                        jnp.zeros(b, dtype), jnp.zeros(b, jnp.int32), jnp.int32(0))  # fmt: skip
@@ -195,11 +242,15 @@ class FK:
         return many_sample_reward(self.reward, key, x0, cond, std, self.num_x0_samples)
 
     def _potential(self, pot, r, dtype):
-        """(log G (N,), new potential state) from the intermediate reward r."""
-        r = _safe_reward(r.astype(dtype))
+        """(log G (N,), new potential state) from the intermediate reward r; a non-finite r gives
+        log G = +inf where lmbda r = +inf, else -inf (NaN included)."""
+        _checks.output_shape("reward", r, pot.previous.shape[0])  # static shapes: raised while tracing
+        r = r.astype(dtype)
+        infinite = _infinite_tilt(self.lmbda, r)
+        r = _safe_reward(r)
         log_g_fn = POTENTIALS[self.potential] if isinstance(self.potential, str) else self.potential
         log_g = log_g_fn(pot, r, self.lmbda)
-        log_g = jnp.where(jnp.isfinite(r) & ~jnp.isnan(log_g), log_g, -jnp.inf)
+        log_g = jnp.where(jnp.isfinite(r) & ~jnp.isnan(log_g), log_g, infinite)
         finite_r = jnp.where(jnp.isfinite(r), r, pot.previous)
         new = PotentialState(
             finite_r,
@@ -254,12 +305,16 @@ class FK:
     def finish(self, state: FKState, cond=None, infos: FKInfo | None = None) -> Particles:
         """`Particles` after the last step: the final reward's correction lmbda r(x0) - sum log G
         along each ancestry, weights normalised per condition. `infos`: the stacked `FKInfo` of
-        every step (their trace; without it the trace fields are empty)."""
+        every step (their trace; without it the trace fields are empty). A final reward with
+        lmbda r = +inf takes all the weight; NaN (reported as -inf) and lmbda r = -inf get weight 0."""
         x = state.solver.x
         dtype = state.log_weights.dtype
-        final_r = _safe_reward(self.reward(x, cond).astype(dtype))
+        _checks.output_shape("reward", jax.eval_shape(lambda x: self.reward(x, cond), x), x.shape[0])
+        raw = self.reward(x, cond).astype(dtype)
+        final_r = _clean_reward(raw)
         log_w = state.log_weights + jnp.where(jnp.isfinite(final_r),
-                                              self.lmbda * final_r - state.potential.log_product, -jnp.inf)  # fmt: skip
+                                              self.lmbda * final_r - state.potential.log_product,
+                                              _infinite_tilt(self.lmbda, raw))  # fmt: skip
         b = state.log_z.shape[0]
         if infos is None:
             infos = FKInfo(jnp.zeros((0, b), dtype), jnp.zeros((0, b), bool),
@@ -331,16 +386,53 @@ def default_schedule(potential, num_steps: int) -> resampling.Schedule:
     return resampling.resampling_schedule(num_steps)
 
 
-@jax.jit
-def _fk_steer(kernel: FK, denoiser, timesteps, key, x_T, cond):
+@functools.partial(jax.jit, static_argnames=("debug_nans",))
+def _fk_steer(kernel: FK, denoiser, timesteps, key, x_T, cond, debug_nans=False):
+    """(Particles, whether any population was degenerate (a bool), per-step "x is finite" flags or None)."""
     num_steps = timesteps.shape[0] - 1
     keys = jax.random.split(key, num_steps)
 
     def body(state, i):
-        return kernel.step(state, keys[i], timesteps, i, denoiser, cond)
+        state, info = kernel.step(state, keys[i], timesteps, i, denoiser, cond)
+        return state, ((info, jnp.all(jnp.isfinite(state.solver.x))) if debug_nans else info)
 
-    state, infos = run_steps(kernel.solver, body, kernel.init(x_T, timesteps), num_steps)
-    return kernel.finish(state, cond, infos)
+    state, outs = run_steps(kernel.solver, body, kernel.init(x_T, timesteps), num_steps)
+    infos, finite = outs if debug_nans else (outs, None)
+    particles = kernel.finish(state, cond, infos)
+    return particles, jnp.any(particles.degenerate > 0), finite
+
+
+def _outside_diffjax() -> int:
+    """The stack level of the first caller outside the diffjax package, for `warnings.warn` called
+    from the function that calls this."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1  # the function calling warnings.warn is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_degenerate(name: str, any_degenerate, particles: Particles) -> None:
+    """On the host after a compiled call: one RuntimeWarning when the flag `any_degenerate` says some
+    population had weight 0 on every particle at some step (NaN rewards, say) and fell back to uniform
+    weights; nothing when the flag is traced (inside `jit` or `vmap`). The warning points at the first
+    caller outside diffjax.
+
+    Args:
+      name: the caller's name, for the message.
+      any_degenerate: a bool returned by the compiled call.
+      particles: its `Particles` (`degenerate` counts the steps per population).
+    """
+    if not _checks.is_concrete(any_degenerate, particles.degenerate) or not bool(any_degenerate):
+        return
+    count = np.asarray(particles.degenerate)
+    warnings.warn(
+        f"{name}: {int(np.sum(count > 0))} of {count.size} populations had weight 0 on every particle at some "
+        f"step (NaN rewards, or lmbda r = -inf) and fell back to uniform weights; Particles.degenerate counts "
+        "those steps per population",
+        RuntimeWarning,
+        stacklevel=_outside_diffjax(),
+    )
 
 
 def fk_steer(
@@ -362,6 +454,7 @@ def fk_steer(
     reward_chunk: int | None = None,
     drop_weights: bool = False,
     x0_sampler: Callable | None = None,
+    debug_nans: bool = False,
 ) -> Particles:
     """Feynman–Kac steering (Singhal et al. 2025) of `solver` towards p(x0 | c) exp(lmbda r(x0, c))
     with K particles per condition, as one compiled program (the `FK` kernel driven by
@@ -377,7 +470,11 @@ def fk_steer(
       x_T: (B, K, *event) starting particles (K = x_T.shape[1]).
       reward: `reward(x, cond) -> (N,)` on x (N, *event), N = B K, with cond repeated per particle
         (or None); a pytree value (its parameters are data: new weights never recompile) or any
-        function. NaN and +-inf become -inf log-weights, never NaN samples.
+        function. Non-finite rewards never give NaN samples: a NaN reward counts as the lowest
+        value (weight 0), as does lmbda r = -inf, and lmbda r = +inf takes all the weight (shared
+        equally by every such particle); a population whose every weight is 0 at a step (e.g. all
+        rewards NaN) falls back to uniform weights, counted in `Particles.degenerate`, and the call
+        emits one RuntimeWarning (raised on the host after the compiled call, not inside it).
       lmbda: the tilt's strength (data: a new value reuses the compiled program).
       potential: "diff" (default), "max", "sum", "rt" (module docstring) or a callable
         `(potential_state, r_i, lmbda) -> log G_i`.
@@ -396,6 +493,13 @@ def fk_steer(
       x0_sampler: the draws of the many-sample reward, `x0_sampler(key, x_t, x0, M) -> (M, N, ...)`
         (a value); default Gaussian draws around x0-hat, or per-position draws for tokens
         (`diffjax.discrete.predicted`).
+      debug_nans: find where NaNs start: the compiled program (a separate one; the default program
+        is unchanged) also returns, per step, whether every particle is finite after it, and after
+        the call a FloatingPointError names the first non-finite step and its times ("fk_steer: x
+        became non-finite at step i (t = ... -> ...)"). Checked on the host: only outside `jit`/`vmap`.
+
+    Weights, their normalisation and the ESS are float32 or wider for any particle dtype (bfloat16
+    and float16 particles keep their dtype).
 
     Token sequences: x_T (B, K, L) int32 (the mask id V where free, a prompt elsewhere), a solver
     with `token_states` (`diffjax.discrete.ancestral()`) and a masked-diffusion denoiser; rewards
@@ -404,13 +508,16 @@ def fk_steer(
 
     Returns:
       `Particles` (B conditions x K): read them with `weighted`, `resampled` or `best_of`.
+
+    Raises:
+      FloatingPointError: with `debug_nans`, if a particle became non-finite at some step.
     """
     check_solver("solver", solver)
     if solver.token_states:
         check_masked_denoiser("denoiser", denoiser)
     else:
         check_denoiser(denoiser)
-    check_run(timesteps, key, x_T, schedule, resampler)
+    check_run(timesteps, key, x_T, schedule, resampler, denoiser=denoiser, cond=cond, tokens=solver.token_states)
     b, k = jnp.shape(x_T)[:2]
     if reward_chunk is not None:
         _checks.positive_int("reward_chunk", reward_chunk)
@@ -426,8 +533,13 @@ def fk_steer(
     cond = per_particle(cond, k)
     if cond is not None:
         denoiser = denoiser.replace(cond=cond)
-    particles = _fk_steer(kernel, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + x_T.shape[2:]),
-                          cond)  # fmt: skip
+    timesteps = jnp.asarray(timesteps)
+    particles, any_degenerate, finite = _fk_steer(kernel, denoiser, timesteps, key,
+                                                  x_T.reshape((b * k,) + x_T.shape[2:]), cond,
+                                                  debug_nans=bool(debug_nans))  # fmt: skip
+    if debug_nans:
+        raise_if_nonfinite("fk_steer", finite, timesteps)
+    warn_degenerate("fk_steer", any_degenerate, particles)
     # a deterministic solver's resampled copies never diverge (token states: the sampler's own draws do)
     if not solver.token_states and not solver.stochastic and k > 1:
         warnings.warn(
@@ -457,6 +569,13 @@ def importance_sample(solver: Solver, denoiser, timesteps, key, x_T, reward: Cal
     Returns:
       `Particles` whose weights are softmax(lmbda r(x0)) per condition.
     """
+    check_solver("solver", solver)
+    if solver.token_states:
+        check_masked_denoiser("denoiser", denoiser)
+    else:
+        check_denoiser(denoiser)
+    check_run(timesteps, key, x_T, None, "systematic", denoiser=denoiser, cond=cond, tokens=solver.token_states)
+    _checks.finite("lmbda", lmbda)
     steps = jnp.shape(timesteps)[0] - 1
     never = resampling.Schedule(np.zeros(steps, bool), None)
     return fk_steer(solver, denoiser, timesteps, key, x_T, reward, lmbda=lmbda, schedule=never, cond=cond)

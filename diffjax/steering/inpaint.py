@@ -26,7 +26,7 @@ import numpy as np
 
 from diffjax import gaussian
 from diffjax.arrays import noise_like, per_particle
-from diffjax.sampling import run_steps
+from diffjax.sampling import check_denoiser, run_steps
 from diffjax.schedules import Schedule
 from diffjax.solvers.base import Solver
 from diffjax.steering import resampling
@@ -52,7 +52,10 @@ def forward_chain(schedule: Schedule, key, y, timesteps):
 
 
 def _observed_log_prob(x, p, mask):
-    """sum over observed entries of log N(x; p.mean, p.std^2); entries with std 0 count 0."""
+    """sum over observed entries of log N(x; p.mean, p.std^2); entries with std 0 count 0. In x's dtype
+    promoted to float32 or wider (float32 for bfloat16 particles, and for float32 ones under x64)."""
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    x, p = x.astype(dtype), jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), p)
     std = jnp.broadcast_to(p.std, x.shape)
     live = (std > 0) & (mask > 0)
     safe = jnp.where(live, std, 1.0)
@@ -92,7 +95,8 @@ def _smcdiff(solver, denoiser, timesteps, key, x_T, y, mask, num_particles, resa
                  degenerate + out.degenerate)  # fmt: skip
         return carry, (out.ess, out.resampled, out.local_ancestors)
 
-    carry = (solver.init(x_T, timesteps), jnp.zeros(n, x_T.dtype), jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))
+    wide = jnp.promote_types(x_T.dtype, jnp.float32)  # the log-weights' dtype
+    carry = (solver.init(x_T, timesteps), jnp.zeros(n, wide), jnp.zeros(b, wide), jnp.zeros(b, jnp.int32))
     (state, log_w, log_z, degenerate), trace = run_steps(solver, body, carry, steps)
     x = jnp.where(observed, jnp.repeat(y, k, axis=0), state.x)
     return collect(x, log_w, jnp.zeros(n, x_T.dtype), log_z, degenerate, trace, k, jnp.int32(steps))
@@ -134,7 +138,8 @@ def smcdiff(
       `Particles` (rewards are 0: SMCDiff has none); log Z-hat estimates the probability of the
       observed chain under the model.
     """
-    schedule = check_run(timesteps, key, x_T, schedule, resampler)
+    check_denoiser(denoiser)
+    schedule = check_run(timesteps, key, x_T, schedule, resampler, denoiser=denoiser, cond=cond)
     solver = kernel_solver(solver, kernel)
     b, k = jnp.shape(x_T)[:2]
     event = jnp.shape(x_T)[2:]

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import _checks
-from diffjax.sampling import check_grid
+from diffjax.sampling import check_grid, check_inputs
 from diffjax.steering import resampling
 
 
@@ -30,13 +30,18 @@ class Particles(NamedTuple):
     nfe: jax.Array  # network evaluations per particle
 
 
-def check_run(timesteps, key, x_T, schedule, resampler) -> resampling.Schedule:
+def check_run(timesteps, key, x_T, schedule, resampler, *, denoiser=None, cond=None,
+              tokens: bool = False) -> resampling.Schedule:  # fmt: skip
     """The checks every sampler shares, on the host: the grid, the key, x_T (B, K, *event), the
-    resampler's name and the schedule (default: every step but the last), which is returned."""
+    resampler's name and the schedule (default: every step but the last), which is returned. With
+    `denoiser`, also `sampling.check_inputs`: the grid under its schedule, x_T's dtype, emptiness and
+    finiteness (integer tokens when `tokens`), and `cond`'s batch and labels."""
     check_grid(timesteps)
     _checks.typed_key("key", key)
     if jnp.ndim(x_T) < 3:
         raise ValueError(f"x_T must have shape (B, K, *event), got shape {jnp.shape(x_T)}")
+    if denoiser is not None:
+        check_inputs(denoiser, timesteps, x_T, cond, batch_axes=2, tokens=tokens)
     _checks.one_of("resampler", resampler, tuple(resampling.RESAMPLERS))
     steps = jnp.shape(timesteps)[0] - 1
     schedule = resampling.resampling_schedule(steps) if schedule is None else schedule

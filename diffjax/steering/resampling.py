@@ -4,7 +4,9 @@ A resampler maps (key, log_weights (K,)) to ancestor indices (K,) with E[count_i
 w = softmax(log_weights). Everything works in log space: the weights are normalised with
 logsumexp, so log-weights of +-1e4 are fine; NaN counts as -inf (a particle that can never be
 chosen); a population whose log-weights are all -inf (or NaN) is resampled uniformly, and
-`normalise` says so. Populations of B conditions are `jax.vmap`ed.
+`normalise` says so; a +inf log-weight takes all the weight (shared equally by every +inf particle).
+Log-weights of a narrower float type (bfloat16, float16) are taken to float32 first: every weight,
+normaliser and ESS here is computed in float32 or wider. Populations of B conditions are `jax.vmap`ed.
 
 Schemes (Douc, Cappé & Moulines 2005, "Comparison of resampling schemes for particle filtering"):
 multinomial (K i.i.d. draws), stratified (one uniform in each of K equal strata of [0, 1)),
@@ -24,36 +26,72 @@ import numpy as np
 from diffjax import _checks
 
 
+def wide(log_weights) -> jax.Array:
+    """`log_weights` as an array of float32 or wider: bfloat16, float16 (and integer) inputs are cast to
+    float32, float32 and float64 ones returned as they are (the same array, so their bits are untouched).
+
+    Args:
+      log_weights: an array-like of log-weights.
+
+    Returns:
+      The array, of dtype `promote_types(dtype, float32)`.
+    """
+    log_weights = jnp.asarray(log_weights)
+    dtype = jnp.promote_types(log_weights.dtype, jnp.float32)
+    return log_weights if log_weights.dtype == dtype else log_weights.astype(dtype)
+
+
 class Normalised(NamedTuple):
     """What `normalise` returns: normalised log-weights (K,), the input's logsumexp, and whether every
     input weight was zero (then the output is uniform)."""
 
     log_weights: jax.Array  # (K,) log of weights summing to 1
-    log_total: jax.Array  # logsumexp of the input log-weights (-inf when none is finite)
+    log_total: jax.Array  # logsumexp of the input log-weights (-inf when none is finite, +inf with a +inf one)
     degenerate: jax.Array  # bool: every input log-weight was -inf or NaN (the output is uniform)
 
 
 def normalise(log_weights) -> Normalised:
     """Log-weights shifted to sum to one in the linear domain; NaN and -inf particles get weight 0,
-    and an all-(-inf) population gets uniform weights (flagged as `degenerate`).
+    and an all-(-inf) population gets uniform weights (flagged as `degenerate`). A population with
+    +inf log-weights gives all its weight to those particles, in equal shares (not degenerate).
 
-    The maximum is subtracted first (exactly, in the weights' own dtype) and the log-sum-exp is
-    taken of the shifted values, so log-weights far from 0 (-2e6 in float32, where the spacing of
-    floats is 0.25) keep their precision: the weights sum to 1 to the dtype's rounding."""
-    log_weights = jnp.asarray(log_weights)
+    The weights are taken to float32 or wider first (`wide`: bfloat16 and float16 inputs). The
+    maximum is subtracted first (exactly, in that dtype) and the log-sum-exp is taken of the shifted
+    values, so log-weights far from 0 (-2e6 in float32, where the spacing of floats is 0.25) keep
+    their precision: the weights sum to 1 to float32's rounding or better.
+
+    Args:
+      log_weights: (..., K) log-weights, normalised over the last axis.
+
+    Returns:
+      `Normalised` (log-weights, their logsumexp, whether the population was degenerate).
+    """
+    log_weights = wide(log_weights)
     clean = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
     top = jnp.max(clean, axis=-1, keepdims=True)
-    degenerate = ~jnp.isfinite(top)  # all -inf (a +inf weight is clamped by the caller's rewards)
-    shifted = clean - jnp.where(degenerate, 0.0, top)
+    finite = jnp.isfinite(top)
+    degenerate = top == -jnp.inf  # every weight 0: uniform
+    shifted = clean - jnp.where(finite, top, 0.0)
     log_shifted_total = jax.nn.logsumexp(shifted, axis=-1, keepdims=True)
     uniform = jnp.full_like(clean, -jnp.log(clean.shape[-1]))
-    normalised = jnp.where(degenerate, uniform, shifted - jnp.where(degenerate, 0.0, log_shifted_total))
-    log_total = jnp.where(degenerate, -jnp.inf, top + log_shifted_total)
+    infinite = clean == jnp.inf  # top == +inf: these particles share all the weight
+    share = -jnp.log(jnp.maximum(jnp.sum(infinite, axis=-1, keepdims=True), 1)).astype(clean.dtype)
+    on_top = jnp.where(infinite, share, -jnp.inf)
+    normalised = jnp.where(finite, shifted - log_shifted_total, jnp.where(degenerate, uniform, on_top))
+    log_total = jnp.where(finite, top + log_shifted_total, top)
     return Normalised(normalised, log_total[..., 0], degenerate[..., 0])
 
 
 def ess(log_weights) -> jax.Array:
-    """Effective sample size 1 / sum_i w_i^2 of the normalised weights: K for equal weights, 1 for one."""
+    """Effective sample size 1 / sum_i w_i^2 of the normalised weights (`normalise`, in float32 or wider):
+    K for equal weights, 1 for one, m for m particles of +inf log-weight.
+
+    Args:
+      log_weights: (..., K) log-weights.
+
+    Returns:
+      (...,) the ESS, between 1 and K.
+    """
     normalised = normalise(log_weights).log_weights
     return jnp.exp(-jax.nn.logsumexp(2 * normalised, axis=-1))
 
@@ -128,8 +166,13 @@ def resampling_schedule(
     """Resample after sampling steps start, start + interval, ... <= end (default: the second-to-last
     step; sampling step 0 is the noisiest), plus the last step when `final`; with `threshold`,
     only where the ESS has fallen below threshold * K (ESS-adaptive). FK steering's
-    `arange(t_start, t_end + 1, freq)` is `start=t_start, end=t_end, interval=freq`."""
+    `arange(t_start, t_end + 1, freq)` is `start=t_start, end=t_end, interval=freq`.
+
+    Raises:
+      ValueError: for a `start`/`end` that select no step (start > end, no `final`); only the default
+        of a one-step grid (no step before the last) may select none."""
     num_steps = _checks.positive_int("num_steps", num_steps)
+    chosen = start != 0 or end is not None
     end = num_steps - 2 if end is None else end
     _checks.positive_int("interval", interval)
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start and end < num_steps):
@@ -140,6 +183,10 @@ def resampling_schedule(
     steps = np.zeros(num_steps, bool)
     steps[start : end + 1 : interval] = True
     steps[-1] |= final
+    if chosen and not steps.any():
+        raise ValueError(f"resampling_schedule selects no step: start={start}, end={end}, interval={interval}, "
+                         f"final={final} for num_steps={num_steps}; need start <= end or final=True "
+                         "(for no resampling at all use importance_sample)")  # fmt: skip
     return Schedule(steps, None if threshold is None else float(threshold))
 
 
@@ -175,6 +222,7 @@ def maybe_resample(key, log_weights, scheduled, threshold, resampler=systematic)
     log normalising-constant increment log (1/K sum_i w_i), whose sum over steps (plus the final
     one) is the SMC estimate log Z-hat.
     """
+    log_weights = wide(log_weights)
     k = jnp.shape(log_weights)[-1]
     do = jnp.asarray(scheduled)
     if threshold is not None:
@@ -205,6 +253,7 @@ def resample_flat(key, log_weights, num_particles: int, scheduled, threshold, re
     """`maybe_resample` for each of the B = N / K populations in the flat (N,) `log_weights`, with
     one key per population; the SMC samplers' shared reweight-and-resample step."""
     k = num_particles
+    log_weights = wide(log_weights)
     b = log_weights.shape[0] // k
     per_population = log_weights.reshape(b, k)
     out = jax.vmap(lambda key, lw: maybe_resample(key, lw, scheduled, threshold, resampler))(

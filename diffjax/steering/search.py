@@ -36,7 +36,7 @@ from flax import struct
 
 from diffjax import _checks, gaussian
 from diffjax.arrays import as_pytree, broadcast_to_x, per_particle
-from diffjax.sampling import check_grid, check_steps, run_steps, sample
+from diffjax.sampling import check_denoiser, check_grid, check_inputs, check_steps, run_steps, sample
 from diffjax.solvers import ddim
 from diffjax.solvers.base import Solver, check_solver
 from diffjax.solvers.time_shift import Reuse
@@ -98,8 +98,10 @@ def ode_generator(solver: Solver, denoiser, timesteps) -> ODEGenerator:
       An `ODEGenerator` value: searches compile once per solver and shapes, whatever the weights.
     """
     check_solver("solver", solver)
+    check_denoiser(denoiser)
+    check_grid(timesteps)
+    _checks.grid_on(denoiser.schedule, timesteps)
     grid = jnp.asarray(timesteps)
-    check_grid(grid)
     return ODEGenerator(solver, denoiser, grid, denoiser.schedule.sigma(grid[0]))
 
 
@@ -113,6 +115,7 @@ identity_generator = Generator(_identity)
 
 def _scores(verifier, x, cond):
     s = verifier(x, cond)
+    _checks.output_shape("verifier", s, x.shape[0])  # static shapes: raised while tracing
     return jnp.where(jnp.isfinite(s), s, -jnp.inf)
 
 
@@ -137,14 +140,16 @@ def _pick(a, index):
     return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 1)), axis=1)[:, 0]
 
 
-def _check_common(generator, verifier, key, shape):
+def _check_common(generator, verifier, key, shape, cond=None):
     if not callable(getattr(generator, "fn", None)):
         raise ValueError(f"generator must be a search.Generator or ODEGenerator (with .fn(z, cond)), got {generator!r}")
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)
-    if len(shape) < 2 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+    shape = _checks.array_shape("shape", shape)
+    if len(shape) < 2:
         raise ValueError(f"shape must be (B, *event) with positive ints, got {shape!r}")
+    _checks.batch("cond", cond, shape[0], other="shape")
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "num_candidates", "rounds"))
@@ -160,10 +165,12 @@ def _random_search(generator, verifier, key, shape, num_candidates, rounds, cond
                                  (b, num_candidates) + event)  # fmt: skip
         x, s, nfe = _evaluate(generator, verifier, z, cond)
         i = jnp.argmax(s, axis=1)
-        better = _pick(s, i) > best[1]
+        found = _pick(s, i) > -jnp.inf  # some candidate scored finite (non-finite scores are -inf)
+        # a condition with no finite score yet keeps round 0's first candidate, flagged by score -inf
+        better = (_pick(s, i) > best[1]) | ((r == 0) & ~found)
         keep = lambda new, old: jnp.where(broadcast_to_x(better, new), new, old)  # noqa: E731
         best = (keep(_pick(x, i), best[0]), keep(_pick(s, i), best[1]), keep(_pick(z, i), best[2]), nfe)
-        return best, (best[1], i + r * num_candidates)
+        return best, (best[1], jnp.where(found, i + r * num_candidates, -1))
 
     dtype = jnp.result_type(float)
     no_noise = jnp.zeros(shape, dtype)
@@ -177,8 +184,13 @@ def random_search(generator: Generator, verifier: Callable, key, shape, *, num_c
     """Best of `rounds` x `num_candidates` initial noises per condition; shape = (B, *event).
     `seed_bank` (a `seeds.SeedBank`): the candidates are its best seeds, in rank order, the same
     for every condition, instead of fresh noise. `choices` holds the winning candidate's index
-    (among rounds x num_candidates) per round."""
-    _check_common(generator, verifier, key, shape)
+    (among rounds x num_candidates) per round.
+
+    Non-finite verifier scores (NaN, +-inf) count as -inf. A round in which no candidate of a condition
+    scored finite records the choice -1 for it (not index 0), and a condition none of whose candidates
+    ever scored finite (e.g. an all-NaN verifier) is flagged by `score` = -inf, `choices` all -1; its
+    `x` and `noise` are then the first candidate's, unranked, not a best one."""
+    _check_common(generator, verifier, key, shape, cond)
     num_candidates = _checks.positive_int("num_candidates", num_candidates)
     rounds = _checks.positive_int("rounds", rounds)
     bank_noise = None
@@ -225,7 +237,7 @@ def zero_order_search(generator: Generator, verifier: Callable, key, shape, *, r
     """Zero-order search from `pivot` (default N(0, I) noise of `shape` = (B, *event)): NFE =
     rounds x (num_neighbors + 1) x the generator's NFE. `choices`: per round, 0 when the pivot
     stayed, else the neighbour it moved to."""
-    _check_common(generator, verifier, key, shape)
+    _check_common(generator, verifier, key, shape, cond)
     rounds = _checks.positive_int("rounds", rounds)
     num_neighbors = _checks.positive_int("num_neighbors", num_neighbors)
     cosine = _checks.in_range("cosine", cosine, -1.0, 1.0)
@@ -234,6 +246,11 @@ def zero_order_search(generator: Generator, verifier: Callable, key, shape, *, r
         pivot = jax.random.normal(key_pivot, tuple(shape))
     elif jnp.shape(pivot) != tuple(shape):
         raise ValueError(f"pivot must have shape {tuple(shape)}, got {jnp.shape(pivot)}")
+    else:
+        _checks.start_noise("pivot", pivot)
+        if _checks.is_concrete(pivot) and np.any(np.all(np.asarray(pivot).reshape(shape[0], -1) == 0, axis=1)):
+            raise ValueError("pivot must have a nonzero noise per condition (its neighbours keep its norm), got a "
+                             "row of zeros")  # fmt: skip
     return _zero_order(generator, as_pytree(verifier), key_search, jnp.asarray(pivot), rounds, num_neighbors, cosine,
                        cond)  # fmt: skip
 
@@ -296,10 +313,17 @@ def path_search(solver: Solver, denoiser, timesteps, key, verifier: Callable, sh
     path; `choices` (phases, B, num_paths) are the kept branch indices (path-major, path j's
     branches at j * branches ...). The same key reproduces the same result."""
     check_solver("solver", solver)
+    check_denoiser(denoiser)
     check_grid(timesteps)
+    _checks.grid_on(denoiser.schedule, timesteps)
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)
+    shape = _checks.array_shape("shape", shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (B, *event) with positive ints, got {shape!r}")
+    _checks.batch("cond", cond, shape[0], other="shape")
+    _checks.labels("cond", cond, _checks.num_classes_of(denoiser))
     num_paths = _checks.positive_int("num_paths", num_paths)
     branches = _checks.positive_int("branches", branches)
     forward = _checks.positive_int("forward", forward)
@@ -366,10 +390,12 @@ def noise_search(denoiser, timesteps, key, x_T, verifier: Callable, *, num_candi
       A `SearchResult`; NFE per condition = 1 + steps x C for a one-evaluation solver (C x its NFE
       per step, less the reused evaluation, plus C scorings).
     """
+    check_denoiser(denoiser)
     check_grid(timesteps)
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)
+    check_inputs(denoiser, timesteps, x_T, cond)
     num_candidates = _checks.positive_int("num_candidates", num_candidates)
     if solver is None:
         solver = ddim(_checks.in_range("eta", eta, 0.0, 1.0))
@@ -380,6 +406,11 @@ def noise_search(denoiser, timesteps, key, x_T, verifier: Callable, *, num_candi
     steps = jnp.shape(timesteps)[0] - 1
     if choices is not None and jnp.shape(choices) != (steps, jnp.shape(x_T)[0]):
         raise ValueError(f"choices must have shape (steps, B) = {(steps, jnp.shape(x_T)[0])}, got {jnp.shape(choices)}")
+    if choices is not None and _checks.is_concrete(choices):
+        picked = np.asarray(choices)
+        if not np.issubdtype(picked.dtype, np.integer) or np.any((picked < 0) | (picked >= num_candidates)):
+            raise ValueError(f"choices must hold candidate indices in [0, num_candidates={num_candidates}), "
+                             f"got {picked.ravel()[:8].tolist()} (dtype {picked.dtype})")  # fmt: skip
     forced = None if choices is None else jnp.asarray(choices, jnp.int32)
     return _noise_search(solver, denoiser, as_pytree(verifier), jnp.asarray(timesteps), key, jnp.asarray(x_T),
                          num_candidates, cond, forced)  # fmt: skip

@@ -12,6 +12,7 @@ ranking as JSON and hands out the noises of its best seeds, for sampling and for
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -55,11 +56,44 @@ class SeedBank(NamedTuple):
 
     @classmethod
     def load(cls, path) -> SeedBank:
-        """Read a bank written by `save`."""
+        """Read a bank written by `save`.
+
+        Raises:
+          ValueError: naming the file and the field, for a file that is not JSON or not an object with
+            "seeds" (distinct integers in [0, 2**32)) and "scores" (numbers, one per seed) and an
+            optional string "description". A missing file raises FileNotFoundError (naming it)."""
         with open(path) as f:
-            data = json.load(f)
-        return cls(tuple(int(s) for s in data["seeds"]), tuple(float(s) for s in data["scores"]),
-                   data.get("description", ""))  # fmt: skip
+            try:
+                data = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{path}: not a JSON seed bank ({err})") from err
+        return cls(*_parse_bank(path, data))
+
+
+def _parse_bank(path, data) -> tuple[tuple, tuple, str]:
+    """(seeds, scores, description) of a loaded bank's JSON `data`; a ValueError naming `path` and the field."""
+    if not isinstance(data, dict) or "seeds" not in data or "scores" not in data:
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: a seed bank must be a JSON object with 'seeds' and 'scores', got {keys}")
+    seeds, scores, description = data["seeds"], data["scores"], data.get("description", "")
+    if not isinstance(seeds, list) or not isinstance(scores, list):
+        raise ValueError(f"{path}: seeds and scores must be lists, got seeds={type(seeds).__name__}, "
+                         f"scores={type(scores).__name__}")  # fmt: skip
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"{path}: seeds[{i}] must be an integer in [0, 2**32), got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
+        raise ValueError(f"{path}: seeds must be distinct, got repeated seeds {repeated[:8]}")
+    for i, score in enumerate(scores):
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ValueError(f"{path}: scores[{i}] must be a number, got {score!r}")
+    if len(seeds) != len(scores):
+        raise ValueError(f"{path}: seeds and scores must have one entry each per seed, got {len(seeds)} seeds "
+                         f"and {len(scores)} scores")  # fmt: skip
+    if not isinstance(description, str):
+        raise ValueError(f"{path}: description must be a string, got {description!r}")
+    return tuple(seeds), tuple(float(s) for s in scores), description
 
 
 def _check_seeds(seeds):

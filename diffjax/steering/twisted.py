@@ -43,7 +43,7 @@ from diffjax import _checks, gaussian
 from diffjax.arrays import as_pytree, broadcast_to_x, per_particle
 from diffjax.denoiser import Prediction, prediction_views
 from diffjax.gaussian import Gaussian
-from diffjax.sampling import run_steps
+from diffjax.sampling import check_denoiser, run_steps
 from diffjax.schedules import Schedule
 from diffjax.solvers import ddpm
 from diffjax.solvers.base import GaussianSolver, Solver, check_gaussian
@@ -97,7 +97,11 @@ def twisted_prediction(schedule: Schedule, x0, eps, grad_log_twist, t):
 
 
 def _log_ratio(x, p: Gaussian, q: Gaussian):
-    """log p(x) - log q(x) summed over the event; coordinates where either std is 0 count 0."""
+    """log p(x) - log q(x) summed over the event; coordinates where either std is 0 count 0. Computed
+    in the particles' dtype promoted to float32 or wider (float32 for bfloat16 and float16 particles;
+    the kernels' float64 coefficients under x64 do not widen float32 particles' weights)."""
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    x, p, q = (jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), v) for v in (x, p, q))
     p_std, q_std = jnp.broadcast_to(p.std, x.shape), jnp.broadcast_to(q.std, x.shape)
     live = (p_std > 0) & (q_std > 0)
     safe = lambda a: jnp.where(live, a, 1.0)  # noqa: E731
@@ -122,7 +126,7 @@ def _evaluate(denoiser, log_twist, x, t, y, chunk):
 
         def total(x):
             pred = den(x, t)
-            log_h = log_twist(x, pred.x0, t, y).astype(x.dtype)
+            log_h = log_twist(x, pred.x0, t, y).astype(jnp.promote_types(x.dtype, jnp.float32))
             return jnp.sum(jnp.where(jnp.isfinite(log_h), log_h, 0.0)), (pred, log_h)
 
         grad, (pred, log_h) = jax.grad(total, has_aux=True)(x)
@@ -180,7 +184,8 @@ def _tds(solver, denoiser, log_twist, proposal, timesteps, key, x_T, y, num_part
         carry = (state, new, out.log_weights, log_z + out.log_z_increment, degenerate + out.degenerate)
         return carry, (out.ess, out.resampled, out.local_ancestors)
 
-    carry = (solver.init(x_T, timesteps), start, start.log_h, jnp.zeros(b, x_T.dtype), jnp.zeros(b, jnp.int32))
+    log_z = jnp.zeros(b, start.log_h.dtype)  # float32 or wider, as the log-weights
+    carry = (solver.init(x_T, timesteps), start, start.log_h, log_z, jnp.zeros(b, jnp.int32))
     (state, last, log_w, log_z, degenerate), trace = run_steps(solver, body, carry, steps)
     return collect(state.x, log_w, last.log_h, log_z, degenerate, trace, k, jnp.int32(steps + 1))
 
@@ -226,11 +231,16 @@ def tds(
       cond: the denoiser's condition (B leading), repeated per particle.
       twist_chunk: evaluate the denoiser, twist and gradient on this many particles at a time.
 
+    The log-twists, log-weights, their normalisation and the ESS are float32 or wider whatever x_T's
+    dtype (bfloat16 and float16 particles keep their dtype).
+
     Returns:
       `Particles` whose `rewards` are the final log-twists log h_end(x_end) and whose `nfe` counts
       the denoiser's forward passes per particle (each with one backward pass).
     """
-    schedule = check_run(timesteps, key, x_T, schedule, resampler)
+    check_denoiser(denoiser)
+    schedule = check_run(timesteps, key, x_T, schedule, resampler, denoiser=denoiser, cond=cond)
+    _checks.batch("y", y, jnp.shape(x_T)[0])
     solver = kernel_solver(solver, kernel)
     if not callable(log_twist):
         raise ValueError(f"log_twist must be callable as log_twist(x_t, x0_hat, t, y) -> (N,), got {log_twist!r}")
