@@ -139,10 +139,12 @@ def check_inputs(denoiser, timesteps, x_T, cond=None, *, batch_axes: int = 1, to
     """The input checks of `sample` and the steering samplers, on the host before tracing: the grid's
     times under the denoiser's schedule (`_checks.grid_on`), x_T (`_checks.start_noise`: a floating,
     non-empty array, finite when concrete; integer tokens when `tokens`), and `cond`: its batch against
-    x_T's and, for a class-conditional network, its labels in [0, num_classes]."""
+    x_T's and, for a class-conditional network, its labels in [0, num_classes]; and that the denoiser
+    gives x0 at the grid's start (`solvers.base.check_start_prediction`)."""
     schedule = getattr(denoiser, "schedule", None)
     if isinstance(schedule, Schedule):
         _checks.grid_on(schedule, timesteps)
+    check_start_prediction(denoiser, timesteps)
     _checks.start_noise("x_T", x_T, batch_axes=batch_axes, tokens=tokens)
     _checks.batch("cond", cond, jnp.shape(x_T)[0])
     _checks.labels("cond", cond, _checks.num_classes_of(denoiser))
@@ -190,7 +192,6 @@ def sample(
     check_steps(solver, timesteps)
     _checks.typed_key("key", key)
     check_inputs(denoiser, timesteps, x_T, cond)
-    check_start_prediction(denoiser, timesteps)
     if cond is not None:
         denoiser = denoiser.replace(cond=cond)
     timesteps = jnp.asarray(timesteps)

@@ -101,3 +101,30 @@ def test_start_check_allows_x0_predictions_and_grids_below_pure_noise(prediction
         check(den, TS)
     check(mixture().denoiser(SCHED), TS)  # the exact oracle predicts x0
     jax.jit(lambda ts: check(den, ts) or ts)(TS)  # a traced grid is not checked
+
+
+def _start_calls():
+    """Every steering method and search that starts from the grid's first time, with an eps model."""
+    den = dj.Denoiser(_network, None, schedule=SCHED, prediction="eps")
+    reward = dj.steering.rewards.linear(jnp.ones(3))
+    verifier = dj.steering.verifiers.constant()
+    particles = jnp.zeros((2, 2, 3))
+    ddim1 = dj.solvers.ddim(eta=1.0)
+    return {
+        "fk_steer": lambda: dj.steering.fk_steer(ddim1, den, TS, KEY, particles, reward, lmbda=1.0),
+        "importance_sample": lambda: dj.steering.importance_sample(ddim1, den, TS, KEY, particles, reward, lmbda=1.0),
+        "tds": lambda: dj.steering.tds(den, TS, KEY, particles, lambda x0, y, cond: jnp.sum(x0, -1)),
+        "noise_search": lambda: dj.steering.noise_search(den, TS, KEY, X_T, verifier, num_candidates=2),
+        "ode_generator": lambda: dj.steering.ode_generator(dj.solvers.euler(), den, TS),
+        "path_search": lambda: dj.steering.path_search(
+            dj.solvers.euler(), den, TS, KEY, verifier, (2, 3), num_paths=2, branches=2, start=2, forward=1, backward=2
+        ),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_start_calls()))
+def test_steering_and_search_refuse_eps_predictions_at_pure_noise(name):
+    """The same refusal at the door of every steering method and search (`sampling.check_inputs`,
+    `ode_generator`, `path_search`), before anything is traced."""
+    with pytest.raises(ValueError, match=r"timesteps\[0\]=1\.0.*prediction='eps'"):
+        _start_calls()[name]()

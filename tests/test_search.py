@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import flax.linen
 import jax
@@ -261,3 +262,56 @@ def test_a_generator_and_a_verifier_with_new_parameters_do_not_recompile():
         results.append(dj.steering.random_search(generator, verifier, jax.random.key(2), (8, 2), num_candidates=2))
     assert search._random_search._cache_size() == before + 1
     assert not np.allclose(results[0].x, results[1].x)
+
+
+SLOW_SCORING = """
+import sys, time, jax, jax.numpy as jnp, numpy as np
+from diffjax.steering import search, seeds
+calls = []
+def slow_first(x, cond):  # the verifier r(x) = x_1, a second per chunk: time to kill the run between chunks
+    calls.append(None)
+    time.sleep(1.0)
+    return x[:, 0]
+scores, samples = seeds.score_seeds(search.identity_generator, slow_first, np.arange(12), (2,),
+                                    cond=jnp.zeros((2, 1)), chunk=3, progress=sys.argv[1])
+np.save(sys.argv[2], np.asarray(scores))
+print("CHUNKS SCORED", len(calls))
+"""
+
+
+def test_seed_scoring_killed_between_chunks_continues_from_its_progress_file(tmp_path):
+    """kill -9 once the first chunk is saved; the rerun scores only the chunks left and ends with the
+    scores of an uninterrupted run, bit for bit (the identity generator: seed s's score is z(s)_1)."""
+    progress, out = tmp_path / "progress.npz", tmp_path / "scores.npy"
+    cmd = [sys.executable, "-c", SLOW_SCORING, str(progress), str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}
+    victim = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not progress.exists():
+        assert victim.poll() is None, victim.communicate()[1].decode()[-3000:]
+        time.sleep(0.01)
+    victim.kill()
+    victim.wait()
+    with np.load(progress) as saved:
+        done = len(saved["chunk_sizes"])
+    assert 1 <= done < 4 and not out.exists()
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"CHUNKS SCORED {4 - done}" in rerun.stdout
+    direct = np.array([float(jax.random.normal(jax.random.key(s), (2,), jnp.float32)[0]) for s in range(12)])
+    np.testing.assert_array_equal(np.load(out), direct)
+
+
+def test_a_progress_file_of_another_run_or_damaged_is_refused_naming_it(tmp_path):
+    progress = tmp_path / "progress.npz"
+    kwargs = dict(chunk=2, progress=progress)
+    reference, _ = seeds.score_seeds(search.identity_generator, FIRST, np.arange(6), (2,), **kwargs)
+    again, _ = seeds.score_seeds(search.identity_generator, FIRST, np.arange(6), (2,), **kwargs)  # all read back
+    np.testing.assert_array_equal(again, reference)
+    for other in (dict(seeds=np.arange(1, 7)), dict(verifier=rewards.linear([0.0, 1.0])), dict(shape=(3,))):
+        args = {"seeds": np.arange(6), "verifier": FIRST, "shape": (2,), **other}
+        with pytest.raises(ValueError, match=f"progress file {progress} belongs to another scoring run"):
+            seeds.score_seeds(search.identity_generator, args["verifier"], args["seeds"], args["shape"], **kwargs)
+    progress.write_bytes(progress.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"progress file {progress} cannot be read"):
+        seeds.score_seeds(search.identity_generator, FIRST, np.arange(6), (2,), **kwargs)
+    assert len(progress.read_bytes()) == 100  # a damaged file is left as it was

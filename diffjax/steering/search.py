@@ -38,7 +38,7 @@ from diffjax import _checks, gaussian
 from diffjax.arrays import as_pytree, broadcast_to_x, per_particle
 from diffjax.sampling import check_denoiser, check_grid, check_inputs, check_steps, run_steps, sample
 from diffjax.solvers import ddim
-from diffjax.solvers.base import Solver, check_solver
+from diffjax.solvers.base import Solver, check_solver, check_start_prediction
 from diffjax.solvers.time_shift import Reuse
 
 
@@ -101,6 +101,7 @@ def ode_generator(solver: Solver, denoiser, timesteps) -> ODEGenerator:
     check_denoiser(denoiser)
     check_grid(timesteps)
     _checks.grid_on(denoiser.schedule, timesteps)
+    check_start_prediction(denoiser, timesteps)
     grid = jnp.asarray(timesteps)
     return ODEGenerator(solver, denoiser, grid, denoiser.schedule.sigma(grid[0]))
 
@@ -316,6 +317,7 @@ def path_search(solver: Solver, denoiser, timesteps, key, verifier: Callable, sh
     check_denoiser(denoiser)
     check_grid(timesteps)
     _checks.grid_on(denoiser.schedule, timesteps)
+    check_start_prediction(denoiser, timesteps)
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     _checks.typed_key("key", key)

@@ -8,13 +8,22 @@ seeds best first, or in "diverse" mode greedily keeps only seeds whose features 
 than `max_similarity` (cosine) to every seed already kept; a `SeedBank` saves and loads the
 ranking as JSON and hands out the noises of its best seeds, for sampling and for
 `search.random_search(..., seed_bank=bank)`.
+
+Scoring a large bank takes hours on a preemptible machine, so `score_seeds(..., progress=path)`
+writes the chunks scored so far to `path` (atomically, after each chunk) and a rerun after a kill
+continues from there, ending with the same bits as an uninterrupted run. The file is only used by a
+run of the same seeds, chunk size, shape, conditions, generator and verifier (their options and
+arrays); any other is refused, naming the file.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
+import os
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -112,10 +121,76 @@ def _tile(a, n):
     return jnp.tile(a, (n,) + (1,) * (a.ndim - 1))
 
 
-def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None, chunk: int | None = None):
+def _fingerprint(*values) -> str:
+    """SHA-256 of values' pytree structures (static options included; functions by name, as their
+    addresses change from process to process) and every leaf's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for value in values:
+        leaves, treedef = jax.tree.flatten(value)
+        digest.update(re.sub(r" at 0x[0-9a-f]+", "", repr(treedef)).encode())
+        for leaf in leaves:
+            if callable(leaf) and not hasattr(leaf, "dtype"):  # a plain function as verifier: by name
+                digest.update(f"{getattr(leaf, '__module__', '')}.{getattr(leaf, '__qualname__', '')}".encode())
+                continue
+            leaf = np.asarray(leaf)
+            digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+            digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _load_progress(path, fingerprint: str):
+    """The (scores, samples) chunks a `score_seeds` run saved to `path` ([] when there is no file)."""
+    if not os.path.exists(path):
+        return [], []
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved, counts = str(f["fingerprint"]), f["chunk_sizes"]
+            scores, samples = np.asarray(f["scores"]), np.asarray(f["samples"])
+    except Exception as err:  # a damaged file: never used, never overwritten
+        raise ValueError(f"progress file {path} cannot be read ({type(err).__name__}: {err}); move it away to "
+                         "score from the start") from err  # fmt: skip
+    if saved != fingerprint:
+        raise ValueError(f"progress file {path} belongs to another scoring run (other seeds, chunk, shape, "
+                         "conditions, generator or verifier); pass another path or delete it")  # fmt: skip
+    bounds = np.cumsum(counts)[:-1]
+    return list(np.split(scores, bounds)), list(np.split(samples, bounds))
+
+
+def _save_progress(path, fingerprint: str, scores, samples) -> None:
+    """Write the chunks scored so far to `path` atomically (a temporary file, fsync, os.replace)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, fingerprint=np.asarray(fingerprint), chunk_sizes=np.asarray([len(a) for a in scores]),
+                 scores=np.concatenate(scores), samples=np.concatenate(samples))  # fmt: skip
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None, chunk: int | None = None,
+                progress=None):  # fmt: skip
     """Mean verifier score of each seed over the conditions: (S,) scores and the (S, C, *shape)
-    samples of a `search.Generator`. `cond`: the C conditions (leading axis C; None: C = 1,
-    unconditional); each seed's noise is used for every condition. `chunk`: seeds generated at a time."""
+    samples of a `search.Generator`.
+
+    Args:
+      generator: a `search.Generator` value (`ode_generator`, ...): its `fn(z, cond)` makes the samples.
+      verifier: `verifier(x, cond) -> (N,)`; non-finite scores count as -inf.
+      seeds: (S,) distinct integers in [0, 2**32).
+      shape: the event shape of one noise.
+      cond: the C conditions (leading axis C; None: C = 1, unconditional); each seed's noise is used
+        for every condition.
+      chunk: seeds generated at a time (default: all).
+      progress: a file path, or None: after each chunk the scores and samples so far are written
+        there atomically, and a run that finds the file continues after its last chunk (the module
+        docstring says when a file is used). It is left in place at the end.
+
+    Returns:
+      (scores (S,), samples (S, C, *shape)).
+
+    Raises:
+      ValueError: for bad arguments, and for a progress file that cannot be read or belongs to
+        another run (naming it).
+    """
     if not callable(verifier):
         raise ValueError(f"verifier must be callable as verifier(x, cond) -> (N,), got {verifier!r}")
     seeds = _check_seeds(seeds)
@@ -125,8 +200,12 @@ def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None
     c = leading.pop() if leading else 1
     z = seed_noise(seeds, tuple(shape))
     chunk = len(seeds) if chunk is None else _checks.positive_int("chunk", chunk)
-    scores, samples = [], []
-    for i in range(0, len(seeds), chunk):
+    if progress is not None:
+        fingerprint = _fingerprint(seeds, chunk, tuple(shape), cond, generator, verifier)
+        scores, samples = _load_progress(progress, fingerprint)
+    else:
+        scores, samples = [], []
+    for i in range(chunk * len(scores), len(seeds), chunk):
         part = z[i : i + chunk]
         flat = jnp.repeat(part, c, axis=0)
         conds = None if cond is None else jax.tree.map(functools.partial(_tile, n=len(part)), cond)
@@ -134,6 +213,9 @@ def score_seeds(generator, verifier: Callable, seeds, shape: tuple, *, cond=None
         s = verifier(x, conds).reshape(len(part), c)
         scores.append(jnp.mean(jnp.where(jnp.isfinite(s), s, -jnp.inf), axis=1))
         samples.append(x.reshape((len(part), c) + x.shape[1:]))
+        if progress is not None:
+            scores[-1], samples[-1] = np.asarray(scores[-1]), np.asarray(samples[-1])
+            _save_progress(progress, fingerprint, scores, samples)
     return jnp.concatenate(scores), jnp.concatenate(samples)
 
 
@@ -165,10 +247,11 @@ def rank_seeds(seeds, scores, *, features=None, max_similarity: float | None = N
 
 def golden_seeds(generator, verifier: Callable, seeds: Sequence[int], shape: tuple, *, cond=None,
                  top: int | None = None, max_similarity: float | None = None, chunk: int | None = None,
-                 description: str = "") -> SeedBank:  # fmt: skip
+                 description: str = "", progress=None) -> SeedBank:  # fmt: skip
     """Score and rank a bank of seeds (see `score_seeds`, `rank_seeds`); in diverse mode the
-    features are each seed's samples over the conditions, flattened."""
-    scores, samples = score_seeds(generator, verifier, seeds, shape, cond=cond, chunk=chunk)
+    features are each seed's samples over the conditions, flattened. `progress`: a file where the
+    scoring keeps its chunks, so a killed run continues (`score_seeds`)."""
+    scores, samples = score_seeds(generator, verifier, seeds, shape, cond=cond, chunk=chunk, progress=progress)
     features = np.asarray(samples).reshape(len(seeds), -1) if max_similarity is not None else None
     return rank_seeds(seeds, np.asarray(scores), features=features, max_similarity=max_similarity, top=top,
                       description=description)  # fmt: skip

@@ -91,9 +91,14 @@ def kernel_solver(solver, kernel):
 
 
 def twisted_prediction(schedule: Schedule, x0, eps, grad_log_twist, t):
-    """(x0, eps) of the score shifted by grad log h_t: x0 + sigma^2/alpha g, eps - sigma g."""
+    """(x0, eps) of the score shifted by grad log h_t: x0 + sigma^2/alpha g, eps - sigma g.
+
+    Where alpha(t) = 0 (pure noise, rectified flow at t = 1) x0-hat does not depend on x_t, so g = 0
+    and the shift sigma^2/alpha g is 0/0: there the prediction is left untwisted, and the proposal is
+    the model's own step (any proposal is valid: TDS's weights divide by its density)."""
     alpha, sigma = broadcast_to_x(schedule.alpha(t), x0), broadcast_to_x(schedule.sigma(t), x0)
-    return x0 + sigma**2 / alpha * grad_log_twist, eps - sigma * grad_log_twist
+    shifted = x0 + sigma**2 / jnp.where(alpha == 0, 1.0, alpha) * grad_log_twist
+    return jnp.where(alpha == 0, x0, shifted).astype(x0.dtype), eps - sigma * grad_log_twist
 
 
 def _log_ratio(x, p: Gaussian, q: Gaussian):
