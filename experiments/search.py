@@ -7,6 +7,10 @@ verifier score of the B outputs, hit rate, diversity and seconds after a compili
 plain sampling with the deterministic solver. Writes results.json and scaling.png (score and hit
 rate against NFE).
 
+With a workdir, each finished row is appended to `progress.jsonl` (one write, flushed), so a run
+killed part-way and started again with the same config skips the rows it has; a workdir whose
+progress file holds another config is refused (exit code 2, naming the fields).
+
     python experiments/search.py --config=configs/search.py:toy --workdir=runs/search_toy
 """
 
@@ -22,6 +26,7 @@ import tasks
 from absl import flags, logging
 
 import diffjax as dj
+from diffjax.training import logs
 
 _CONFIG = cli.define_config("configs/search.py", "search config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where to write results.json and scaling.png")
@@ -57,6 +62,27 @@ def run_search(method, n, task, config, ts, key, solver, generator, fk_solver):
     return dj.steering.SearchResult(best, score, x_T[:, 0], score[None], p.nfe * n, p.ancestors)
 
 
+def resume(progress, config):
+    """The rows {(method, budget): row} a killed run left in `progress` (none without a workdir or a
+    file); the file is started with the config as its first row. A file of another config is refused
+    with a ValueError naming the differing fields."""
+    if progress is None:
+        return {}
+    config = json.loads(json.dumps(config))  # as the file holds it (tuples as lists)
+    logged = logs.read_log(progress)  # a torn last line (killed mid-write) is dropped
+    if not logged:
+        os.makedirs(os.path.dirname(progress), exist_ok=True)
+        logs.rewrite_log(progress, [{"step": 0, "config": config}])
+        return {}
+    saved = logged[0].get("config", {})
+    if saved != config:
+        fields = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise ValueError(f"{progress} holds rows of another config (fields: {', '.join(fields)}); use another "
+                         "--workdir or delete the file")  # fmt: skip
+    logs.rewrite_log(progress, logged)  # without a torn line, so that the next row starts a line
+    return {(r["row"]["method"], r["row"]["budget"]): r["row"] for r in logged[1:]}
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -74,9 +100,15 @@ def main(argv):
     generator = dj.steering.ode_generator(solver, task.denoiser, ts)
     methods = (solver, generator, fk_solver)
 
+    progress = os.path.join(_WORKDIR.value, "progress.jsonl") if _WORKDIR.value else None
+    done = resume(progress, config.to_dict())
     rows = []
     for n in budgets:
         for method in config.methods if n > 1 else ("random",):
+            name = method if n > 1 else "plain"
+            if (name, n) in done:
+                rows.append(done[name, n])
+                continue
             key = jax.random.key(config.seed)
             result = run_search(method, n, task, config, ts, key, *methods)  # compiles
             if result is None:
@@ -85,9 +117,10 @@ def main(argv):
             start = time.perf_counter()
             result = jax.block_until_ready(run_search(method, n, task, config, ts, key, *methods))
             seconds = time.perf_counter() - start
-            name = method if n > 1 else "plain"
             rows.append({"method": name, "budget": n, "nfe": int(result.nfe), **tasks.score(task, np.asarray(result.x)),
                          "seconds": seconds})  # fmt: skip
+            if progress:
+                logs.append_log(progress, {"step": len(rows), "row": rows[-1]})
 
     print(f"\n{config.task}: verifier {config.reward}, {config.solver} on {steps} steps, "
           f"{config.num_conditions} outputs per row")  # fmt: skip

@@ -66,3 +66,27 @@ def test_search_experiment_spends_the_budgets_it_reports(tmp_path):
         "plain": 6, "random": 24, "zero_order": 24, "fk": 24}  # fmt: skip
     assert rows["paths"]["nfe"] > 6 and rows["random"]["reward"] > rows["plain"]["reward"]
     assert (tmp_path / "scaling.png").exists()
+
+
+def test_search_experiment_killed_part_way_skips_the_rows_it_has(tmp_path):
+    """A run whose progress.jsonl holds its config and first row (and a line torn by a kill): the rerun
+    keeps that row as it was (its seconds too, so it was not run again), runs the others, and a rerun
+    with another config is refused naming the field."""
+    cmd = ["experiments/search.py", "--config=configs/search.py:toy", "--config.num_conditions=16",
+           "--config.budgets=(1, 2)", "--config.steps=4", "--config.methods=('random', 'fk')",
+           f"--workdir={tmp_path}"]  # fmt: skip
+    assert _run(*cmd).returncode == 0
+    first = json.loads((tmp_path / "results.json").read_text())["rows"]
+    progress = tmp_path / "progress.jsonl"
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 1 + len(first) == 4 and json.loads(lines[0])["config"]["budgets"] == [1, 2]
+    progress.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # killed while writing the second row
+    again = _run(*cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert rows[0] == first[0]  # read back, not run again
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in first]  # the same keys: the same results
+    assert [json.loads(line)["step"] for line in progress.read_text().splitlines()] == [0, 1, 2, 3]  # torn line gone
+    other = _run(*cmd[:-1], "--config.steps=5", f"--workdir={tmp_path}")
+    assert other.returncode == 2 and "holds rows of another config (fields: steps)" in other.stderr, other.stderr
