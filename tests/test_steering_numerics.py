@@ -18,6 +18,7 @@ from flax import struct
 import diffjax as dj
 from diffjax.arrays import Value
 from diffjax.steering import resampling
+from helpers import mixture
 
 WEIGHTS = np.array([0.6, 0.4])
 MEANS = np.array([[-1.5, 0.0], [1.0, 0.5]])
@@ -301,3 +302,21 @@ def test_debug_nans_in_fk_steer_names_the_first_non_finite_step():
     assert np.all(np.isfinite(debug.x))
     for got, want in zip(jax.tree.leaves(debug), jax.tree.leaves(default)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_tds_warns_once_for_a_population_that_degenerates():
+    """A twist that is NaN everywhere gives every particle weight 0 at every step: the populations fall
+    back to uniform weights (finite samples), count the steps, and each call warns exactly once."""
+    sched = dj.schedules.vp_cosine()
+    den = mixture().denoiser(sched)
+    ts = dj.timesteps.uniform(sched, 3)
+    x_T = jax.random.normal(jax.random.key(0), (2, 3, 3))
+
+    def nan_twist(x_t, x0, t, y):
+        return jnp.full(x_t.shape[:1], jnp.nan)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        particles = dj.steering.tds(den, ts, jax.random.key(1), x_T, nan_twist)
+    assert [w.category for w in caught] == [RuntimeWarning] and "tds:" in str(caught[0].message)
+    assert np.all(np.isfinite(particles.x)) and np.all(np.asarray(particles.degenerate) > 0)

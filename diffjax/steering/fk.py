@@ -54,8 +54,6 @@ of their own; `fk_steer` drives it with `sampling.run_steps` in one `jit`.
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -72,7 +70,7 @@ from diffjax.discrete.process import check_denoiser as check_masked_denoiser
 from diffjax.sampling import check_denoiser, check_steps, raise_if_nonfinite, run_steps
 from diffjax.solvers.base import Solver, check_solver
 from diffjax.steering import resampling
-from diffjax.steering.particles import Particles, check_run, collect
+from diffjax.steering.particles import Particles, check_run, collect, warn_degenerate
 from diffjax.steering.rewards import chunked
 
 
@@ -400,39 +398,6 @@ def _fk_steer(kernel: FK, denoiser, timesteps, key, x_T, cond, debug_nans=False)
     infos, finite = outs if debug_nans else (outs, None)
     particles = kernel.finish(state, cond, infos)
     return particles, jnp.any(particles.degenerate > 0), finite
-
-
-def _outside_diffjax() -> int:
-    """The stack level of the first caller outside the diffjax package, for `warnings.warn` called
-    from the function that calls this."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    frame, level = sys._getframe(1), 1  # the function calling warnings.warn is level 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def warn_degenerate(name: str, any_degenerate, particles: Particles) -> None:
-    """On the host after a compiled call: one RuntimeWarning when the flag `any_degenerate` says some
-    population had weight 0 on every particle at some step (NaN rewards, say) and fell back to uniform
-    weights; nothing when the flag is traced (inside `jit` or `vmap`). The warning points at the first
-    caller outside diffjax.
-
-    Args:
-      name: the caller's name, for the message.
-      any_degenerate: a bool returned by the compiled call.
-      particles: its `Particles` (`degenerate` counts the steps per population).
-    """
-    if not _checks.is_concrete(any_degenerate, particles.degenerate) or not bool(any_degenerate):
-        return
-    count = np.asarray(particles.degenerate)
-    warnings.warn(
-        f"{name}: {int(np.sum(count > 0))} of {count.size} populations had weight 0 on every particle at some "
-        f"step (NaN rewards, or lmbda r = -inf) and fell back to uniform weights; Particles.degenerate counts "
-        "those steps per population",
-        RuntimeWarning,
-        stacklevel=_outside_diffjax(),
-    )
 
 
 def fk_steer(

@@ -30,7 +30,7 @@ from diffjax.sampling import check_denoiser, run_steps
 from diffjax.schedules import Schedule
 from diffjax.solvers.base import Solver
 from diffjax.steering import resampling
-from diffjax.steering.particles import Particles, check_run, collect
+from diffjax.steering.particles import Particles, check_run, collect, warn_degenerate
 from diffjax.steering.twisted import kernel_solver
 
 
@@ -137,6 +137,10 @@ def smcdiff(
     Returns:
       `Particles` (rewards are 0: SMCDiff has none); log Z-hat estimates the probability of the
       observed chain under the model.
+
+      A population whose weights were all 0 at some step (non-finite twists) falls back to uniform
+      weights, is counted in `Particles.degenerate`, and the call emits one RuntimeWarning (on the
+      host after the compiled call; not when called inside `jit`).
     """
     check_denoiser(denoiser)
     schedule = check_run(timesteps, key, x_T, schedule, resampler, denoiser=denoiser, cond=cond)
@@ -151,7 +155,9 @@ def smcdiff(
     if cond is not None:
         denoiser = denoiser.replace(cond=per_particle(cond, k))
     x_T = jnp.asarray(x_T)
-    return _smcdiff(
+    particles = _smcdiff(
         solver, denoiser, jnp.asarray(timesteps), key, x_T.reshape((b * k,) + event), jnp.asarray(y, x_T.dtype),
         jnp.asarray(mask, x_T.dtype), k, tuple(bool(s) for s in schedule.steps), schedule.threshold, resampler,
     )  # fmt: skip
+    warn_degenerate("smcdiff", jnp.any(particles.degenerate > 0), particles)
+    return particles

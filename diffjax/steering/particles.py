@@ -6,10 +6,14 @@ different things (FK's code returns the argmax and calls it a sample).
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import _checks
 from diffjax.sampling import check_grid, check_inputs
@@ -87,3 +91,36 @@ def best_of(particles: Particles) -> jax.Array:
     """The particle with the highest final reward per condition, (B, *event): a search result,
     not a sample of p_target (it ignores the weights)."""
     return particles.x[jnp.arange(particles.x.shape[0]), jnp.argmax(particles.rewards, axis=1)]
+
+
+def _outside_diffjax() -> int:
+    """The stack level of the first caller outside the diffjax package, for `warnings.warn` called
+    from the function that calls this."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1  # the function calling warnings.warn is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_degenerate(name: str, any_degenerate, particles: Particles) -> None:
+    """On the host after a compiled call: one RuntimeWarning when the flag `any_degenerate` says some
+    population had weight 0 on every particle at some step (NaN rewards, say) and fell back to uniform
+    weights; nothing when the flag is traced (inside `jit` or `vmap`). The warning points at the first
+    caller outside diffjax.
+
+    Args:
+      name: the caller's name, for the message.
+      any_degenerate: a bool returned by the compiled call.
+      particles: its `Particles` (`degenerate` counts the steps per population).
+    """
+    if not _checks.is_concrete(any_degenerate, particles.degenerate) or not bool(any_degenerate):
+        return
+    count = np.asarray(particles.degenerate)
+    warnings.warn(
+        f"{name}: {int(np.sum(count > 0))} of {count.size} populations had weight 0 on every particle at some "
+        f"step (NaN rewards or twists, or lmbda r = -inf) and fell back to uniform weights; Particles.degenerate counts "
+        "those steps per population",
+        RuntimeWarning,
+        stacklevel=_outside_diffjax(),
+    )

@@ -48,7 +48,7 @@ from diffjax.schedules import Schedule
 from diffjax.solvers import ddpm
 from diffjax.solvers.base import GaussianSolver, Solver, check_gaussian
 from diffjax.steering import resampling
-from diffjax.steering.particles import Particles, check_run, collect
+from diffjax.steering.particles import Particles, check_run, collect, warn_degenerate
 
 
 def ddpm_kernel(schedule: Schedule, x_t, x0, eps, t, s) -> Gaussian:
@@ -242,6 +242,10 @@ def tds(
     Returns:
       `Particles` whose `rewards` are the final log-twists log h_end(x_end) and whose `nfe` counts
       the denoiser's forward passes per particle (each with one backward pass).
+
+      A population whose weights were all 0 at some step (non-finite twists) falls back to uniform
+      weights, is counted in `Particles.degenerate`, and the call emits one RuntimeWarning (on the
+      host after the compiled call; not when called inside `jit`).
     """
     check_denoiser(denoiser)
     schedule = check_run(timesteps, key, x_T, schedule, resampler, denoiser=denoiser, cond=cond)
@@ -259,8 +263,10 @@ def tds(
     if cond is not None:
         denoiser = denoiser.replace(cond=per_particle(cond, k))
     x_T = jnp.asarray(x_T)
-    return _tds(
+    particles = _tds(
         solver, denoiser, as_pytree(log_twist), as_pytree(proposal), jnp.asarray(timesteps), key,
         x_T.reshape((b * k,) + x_T.shape[2:]), per_particle(y, k), k, tuple(bool(s) for s in schedule.steps),
         schedule.threshold, resampler, twist_chunk,
     )  # fmt: skip
+    warn_degenerate("tds", jnp.any(particles.degenerate > 0), particles)
+    return particles
