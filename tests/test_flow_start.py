@@ -92,6 +92,15 @@ def test_sample_refuses_predictions_without_x0_at_pure_noise(prediction):
         dj.sample(dj.solvers.euler(), den, TS, KEY, X_T)
 
 
+def test_a_guided_eps_model_is_refused_at_pure_noise_through_its_wrapper():
+    """CFG around an eps model still divides by alpha at t = 1: the check looks through `.denoiser`."""
+    den = dj.Denoiser(_network, None, schedule=SCHED, prediction="eps")
+    guided = dj.guidance.classifier_free(den, 3.0, 10)
+    with pytest.raises(ValueError, match=r"timesteps\[0\]=1\.0.*prediction='eps'"):
+        dj.sample(dj.solvers.euler(), guided, TS, KEY, X_T, cond=jnp.zeros(4, jnp.int32))
+    dj.solvers.base.check_start_prediction(dj.guidance.classifier_free(den.replace(prediction="x0"), 3.0, 10), TS)
+
+
 @pytest.mark.parametrize("prediction", ["x0", "v", "velocity", "eps"])
 def test_start_check_allows_x0_predictions_and_grids_below_pure_noise(prediction):
     check = dj.solvers.base.check_start_prediction

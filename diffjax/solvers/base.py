@@ -295,18 +295,23 @@ def restart_at_pure_noise(schedule, t, fresh, state):
 def check_start_prediction(denoiser, timesteps) -> None:
     """Raise a ValueError when a concrete grid starts where alpha = 0 and `denoiser` predicts eps, score
     or EDM's F, from which x0 = (x - sigma eps) / alpha is undefined there; x0-, v- and
-    velocity-predicting denoisers give x0 at alpha = 0. Denoisers without a `prediction` attribute and
-    traced grids are not checked.
+    velocity-predicting denoisers give x0 at alpha = 0. A wrapper (CFG, guidance) is checked through
+    its `.denoiser`; denoisers without a `prediction` and traced grids are not checked.
 
     Args:
-      denoiser: the denoiser (`Denoiser.prediction` is read).
+      denoiser: the denoiser (`Denoiser.prediction` is read, through wrappers' `.denoiser`).
       timesteps: the grid; its first time is checked.
 
     Raises:
       ValueError: naming the prediction and the time.
     """
-    prediction = getattr(denoiser, "prediction", None)
     schedule = getattr(denoiser, "schedule", None)
+    inner, prediction = denoiser, None
+    for _ in range(16):  # the outermost `prediction`: a wrapper that predicts x0 itself is allowed
+        prediction = getattr(inner, "prediction", None)
+        if prediction is not None or inner is None:
+            break
+        inner = getattr(inner, "denoiser", None)
     if prediction not in NO_X0_AT_PURE_NOISE or schedule is None or not _checks.is_concrete(timesteps):
         return
     t = jnp.asarray(timesteps)[0]

@@ -119,8 +119,8 @@ def warn_degenerate(name: str, any_degenerate, particles: Particles) -> None:
     count = np.asarray(particles.degenerate)
     warnings.warn(
         f"{name}: {int(np.sum(count > 0))} of {count.size} populations had weight 0 on every particle at some "
-        f"step (NaN rewards or twists, or lmbda r = -inf) and fell back to uniform weights; Particles.degenerate counts "
-        "those steps per population",
+        f"step (NaN rewards or twists, or lmbda r = -inf) and fell back to uniform weights; "
+        "Particles.degenerate counts those steps per population",
         RuntimeWarning,
         stacklevel=_outside_diffjax(),
     )
