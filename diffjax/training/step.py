@@ -38,7 +38,7 @@ def make_train_step(loss_fn: Callable, train_apply: Callable, optimizer: optax.G
             ema_params=ema_update(state.ema_params, params, ema),
             opt_state=opt_state,
         )
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return step
 
