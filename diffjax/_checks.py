@@ -3,12 +3,38 @@
 Each raises a ``ValueError`` that names the argument, the value it got and what is allowed.
 """
 
+import contextlib
 import math
 from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@contextlib.contextmanager
+def on_host():
+    """A context in which the arithmetic of a check on concrete values runs eagerly, even when the
+    caller is being traced (`jax.ensure_compile_time_eval`), and on the CPU: its arrays are a few
+    numbers (a grid, a schedule's coefficients), and on an accelerator each operation would be a
+    kernel launch and a wait."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(jax.ensure_compile_time_eval())
+        try:
+            stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+        except RuntimeError:  # no CPU backend (JAX_PLATFORMS without "cpu")
+            pass
+        yield
+
+
+def all_finite(x) -> tuple[bool, int]:
+    """(whether every entry of the concrete array x is finite, how many are not), reduced where x lives:
+    one number comes back from an accelerator, not the array (copying a (64, 32, 32, 128) start
+    noise to the host cost 150 us a step of a 50-step sampler on an H200)."""
+    with jax.ensure_compile_time_eval():
+        finite = jnp.isfinite(x) if isinstance(x, jax.Array) else np.isfinite(np.asarray(x, np.float64))
+        ok = bool(finite.all())
+        return ok, 0 if ok else int((~finite).sum())
 
 
 def is_concrete(*values) -> bool:
@@ -96,8 +122,8 @@ def grid_on(schedule, timesteps, name: str = "timesteps") -> None:
         raise ValueError(f"{name} must be real numbers, got dtype {ts.dtype}")
     if not np.all(np.isfinite(ts)):
         raise ValueError(f"{name} must be finite times, got {ts}")
-    with np.errstate(all="ignore"):
-        t = jnp.asarray(timesteps)
+    with np.errstate(all="ignore"), on_host():
+        t = jnp.asarray(ts)
         alpha, sigma = np.asarray(schedule.alpha(t)), np.asarray(schedule.sigma(t))
         logsnr = np.asarray(schedule.logsnr(t))
     alpha, sigma, logsnr = np.broadcast_arrays(alpha, sigma, logsnr, ts)[:3]
@@ -151,10 +177,9 @@ def start_noise(name: str, x, *, batch_axes: int = 1, tokens: bool = False) -> N
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name} must have a floating dtype (float32, float64, bfloat16, ...), got dtype {dtype}")
     if is_concrete(x):
-        values = np.asarray(x, dtype=np.float64) if np.dtype(dtype).itemsize < 4 else np.asarray(x)  # bfloat16, fp16
-        if not np.all(np.isfinite(values)):
-            count = int(np.sum(~np.isfinite(values)))
-            raise ValueError(f"{name} must be finite, got {count} NaN or inf entries of {values.size} (shape {shape})")
+        ok, count = all_finite(x)
+        if not ok:
+            raise ValueError(f"{name} must be finite, got {count} NaN or inf entries of {np.size(x)} (shape {shape})")
 
 
 def batch(name: str, tree, size: int, other: str = "x_T") -> None:

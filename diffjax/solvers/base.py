@@ -57,6 +57,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import _checks, gaussian
 from diffjax.arrays import noise_like  # noqa: F401  (solvers draw noise through this module)
@@ -314,8 +315,10 @@ def check_start_prediction(denoiser, timesteps) -> None:
         inner = getattr(inner, "denoiser", None)
     if prediction not in NO_X0_AT_PURE_NOISE or schedule is None or not _checks.is_concrete(timesteps):
         return
-    t = jnp.asarray(timesteps)[0]
-    if bool(at_pure_noise(schedule, t)):
+    t = np.asarray(timesteps)[0]
+    with _checks.on_host():
+        pure_noise = bool(at_pure_noise(schedule, jnp.asarray(t)))
+    if pure_noise:
         raise ValueError(
             f"timesteps[0]={float(t)!r} is a time where alpha = 0 (pure noise), where a denoiser with "
             f"prediction={prediction!r} cannot give x0 = (x - sigma eps) / alpha; start the grid below it "
