@@ -3,6 +3,7 @@
 Each raises a ``ValueError`` that names the argument, the value it got and what is allowed.
 """
 
+import collections
 import contextlib
 import math
 from collections.abc import Collection
@@ -112,11 +113,34 @@ def grid(timesteps) -> None:
             raise ValueError(f"timesteps must decrease strictly from noise to data, got {values}")
 
 
+# the last (schedule, grid) pairs that passed `grid_on`, held so that their ids stay theirs: a loop that
+# samples again with the same immutable objects is not checked again (the check is ~0.4 ms of host work)
+_PASSED_GRIDS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _immutable(*values) -> bool:
+    """Whether every leaf is a jax.Array or a Python number (a numpy array may change in place)."""
+    return all(isinstance(v, (jax.Array, int, float)) for v in jax.tree.leaves(values))
+
+
 def grid_on(schedule, timesteps, name: str = "timesteps") -> None:
     """On a concrete grid, a ValueError naming `name` at a time where `schedule` is undefined:
-    alpha or sigma not finite, alpha = sigma = 0, or logSNR NaN. No [t_min, t_max] range is imposed."""
+    alpha or sigma not finite, alpha = sigma = 0, or logSNR NaN. No [t_min, t_max] range is imposed.
+    The last 8 passing pairs of immutable objects are remembered and not checked again."""
     if not is_concrete(timesteps, schedule) or not all(hasattr(schedule, f) for f in ("alpha", "sigma", "logsnr")):
         return
+    key = (id(schedule), id(timesteps))
+    if key in _PASSED_GRIDS and _PASSED_GRIDS[key][0] is schedule and _PASSED_GRIDS[key][1] is timesteps:
+        _PASSED_GRIDS.move_to_end(key)
+        return
+    _check_grid_on(schedule, timesteps, name)
+    if _immutable(schedule, timesteps):
+        _PASSED_GRIDS[key] = (schedule, timesteps)
+        while len(_PASSED_GRIDS) > 8:
+            _PASSED_GRIDS.popitem(last=False)
+
+
+def _check_grid_on(schedule, timesteps, name):
     ts = np.asarray(timesteps)
     if not (jnp.issubdtype(ts.dtype, jnp.floating) or jnp.issubdtype(ts.dtype, jnp.integer)):
         raise ValueError(f"{name} must be real numbers, got dtype {ts.dtype}")

@@ -479,3 +479,19 @@ def test_seed_bank_round_trip(tmp_path):
     bank = dj.steering.SeedBank((5, 2**32 - 1, 0), (1.0, 0.5, -2.0), "ok")
     bank.save(tmp_path / "bank.json")
     assert dj.steering.SeedBank.load(tmp_path / "bank.json") == bank
+
+
+def test_a_grid_that_passed_is_not_checked_again_unless_it_can_change(monkeypatch):
+    """`_checks.grid_on` remembers passing (schedule, grid) pairs of immutable objects (a sampling loop
+    pays the ~0.4 ms host check once); a numpy grid, which can change in place, is checked every time."""
+    calls = []
+    monkeypatch.setattr(dj._checks, "_check_grid_on", lambda *args: calls.append(args))
+    sched = dj.schedules.vp_cosine()
+    ts = dj.timesteps.uniform(sched, 4)
+    for _ in range(3):
+        dj._checks.grid_on(sched, ts)
+    assert len(calls) == 1
+    host = np.asarray(ts)
+    for _ in range(2):
+        dj._checks.grid_on(sched, host)
+    assert len(calls) == 3
