@@ -313,14 +313,12 @@ def check_start_prediction(denoiser, timesteps) -> None:
         if prediction is not None or inner is None:
             break
         inner = getattr(inner, "denoiser", None)
-    if prediction not in NO_X0_AT_PURE_NOISE or schedule is None or not _checks.is_concrete(timesteps):
+    if prediction not in NO_X0_AT_PURE_NOISE or schedule is None:
         return
-    t = np.asarray(timesteps)[0]
-    with _checks.on_host():
-        pure_noise = bool(at_pure_noise(schedule, jnp.asarray(t)))
-    if pure_noise:
+    if _checks.grid_on(schedule, timesteps):  # remembered from the caller's grid check: no work on a hit
+        t = float(np.asarray(timesteps)[0])
         raise ValueError(
-            f"timesteps[0]={float(t)!r} is a time where alpha = 0 (pure noise), where a denoiser with "
+            f"timesteps[0]={t!r} is a time where alpha = 0 (pure noise), where a denoiser with "
             f"prediction={prediction!r} cannot give x0 = (x - sigma eps) / alpha; start the grid below it "
             "(e.g. dj.timesteps.uniform(sched, n, t_max=0.999)) or use an x0-, v- or velocity-predicting denoiser"
         )
